@@ -1,0 +1,11 @@
+"""vsdsr_nerfstudio: 4x NeRF super-resolution with Variational Score Distillation, as a nerfstudio method.
+
+Every ``ns-*`` command imports this package through its entry points, so it stays light: no diffusers, peft or
+transformers at import time (they load when the first upscaling stage starts).
+"""
+
+from vsdsr_nerfstudio.checkpoint_compat import allow_nerfstudio_checkpoint_globals
+
+__version__ = "0.1.0"
+
+allow_nerfstudio_checkpoint_globals()
