@@ -43,7 +43,7 @@ class SRPrior(abc.ABC):
     scale: int = 4
     latent_channels: int
     prediction_type: PredictionType
-    alphas_cumprod: Float[Tensor, "T"]
+    alphas_cumprod: Float[Tensor, " T"]
     max_noise_level: int
     uses_text: bool
     class_embedding_dim: int
@@ -66,7 +66,7 @@ class SRPrior(abc.ABC):
         """Latents -> HR images in [0, 1] (float32, clamped). Large latents are processed in tiles."""
 
     @abc.abstractmethod
-    def noise_lr(self, lr_images: Float[Tensor, "B 3 h w"], noise_level: Int[Tensor, "B"],
+    def noise_lr(self, lr_images: Float[Tensor, "B 3 h w"], noise_level: Int[Tensor, " B"],
                  generator: Optional[torch.Generator] = None) -> Float[Tensor, "B 3 h w"]:
         """LR images in [0, 1] -> the denoiser's LR conditioning: scaled to [-1, 1] and noised at
         ``noise_level`` with the low-res scheduler (``sqrt(a_k) y + sqrt(1 - a_k) eta``)."""
@@ -79,9 +79,9 @@ class SRPrior(abc.ABC):
     def predict(
         self,
         z_t: Float[Tensor, "B C h w"],
-        t: Int[Tensor, "B"],
+        t: Int[Tensor, " B"],
         lr_cond: Float[Tensor, "B 3 h w"],
-        noise_level: Int[Tensor, "B"],
+        noise_level: Int[Tensor, " B"],
         text: Optional[Float[Tensor, "B L D"]] = None,
         extra_class_embedding: Optional[Float[Tensor, "B E"]] = None,
     ) -> Float[Tensor, "B C h w"]:

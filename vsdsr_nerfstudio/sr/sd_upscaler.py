@@ -1,0 +1,449 @@
+"""The Stable Diffusion x4 upscaler as an :class:`SRPrior` (diffusers backend; heavy imports, load lazily).
+
+Three presets share one class and one code path after the components are created (see ``SRPriorConfig.prior``):
+
+- ``sd-x4-upscaler``: ``from_pretrained(model_path, subfolder=...)`` for a Hugging Face id or a local diffusers
+  folder (also a folder written by :func:`save_tiny_prior`);
+- ``sd-x4-random``: the real architecture (``sd_x4_configs.SD_X4_*``) with seeded random weights;
+- ``tiny``: small configs (``sd_x4_configs.TINY_*``) with seeded random weights, for tests and CPU runs.
+
+Conventions (``method.md`` section 1): images in [0, 1] (the VAE sees [-1, 1]); latents are VAE latents times
+``scaling_factor`` (0.08333) on the LR grid; the UNet input is ``cat([z_t, lr_noised])`` (7 channels); the noise
+level of the LR conditioning goes in as ``class_labels``; the UNet predicts ``v`` (read from the scheduler config).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from jaxtyping import Float, Int
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor, nn
+
+from vsdsr_nerfstudio.sr.prior_base import SRPrior
+from vsdsr_nerfstudio.sr.prior_config import (
+    PriorLoadError,
+    SRPriorConfig,
+    looks_like_local_path,
+    prior_load_error_message,
+    resolve_dtype,
+)
+from vsdsr_nerfstudio.sr.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
+from vsdsr_nerfstudio.sr.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
+from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode, vae_downscale
+
+__all__ = [
+    "PriorLoadError",
+    "SDUpscalerPrior",
+    "UpscalerComponents",
+    "build_random_components",
+    "load_pretrained_components",
+    "save_random_prior",
+    "save_tiny_prior",
+]
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler")
+"""Subfolders of a diffusers ``StableDiffusionUpscalePipeline`` folder that the prior reads."""
+
+
+@dataclass
+class UpscalerComponents:
+    """Everything the prior is built from, before freezing and moving to a device."""
+
+    unet: nn.Module
+    """``UNet2DConditionModel`` (7 -> 4 channels, noise-level class embedding)."""
+    vae: nn.Module
+    """``AutoencoderKL`` with a 4x downscale."""
+    text_encoder: nn.Module
+    """``CLIPTextModel``; used once at setup, then released."""
+    tokenize: TokenizeFn
+    """Prompts -> padded token ids (``CLIPTokenizer`` or :class:`ByteTokenizer`)."""
+    scheduler: Any
+    """Main (``DDIMScheduler``) scheduler: ``alphas_cumprod`` and ``prediction_type``."""
+    low_res_scheduler: Any
+    """``DDPMScheduler`` that noises the LR conditioning."""
+    max_noise_level: int
+    """Largest supported LR noise level (``model_index.json``, 350)."""
+    source: str
+    """Human-readable origin, for logs."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Creating components
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_random_components(preset: str, seed: int = 0) -> UpscalerComponents:
+    """The ``tiny`` or ``sd-x4-random`` preset: configs from ``sd_x4_configs``, weights from ``torch.manual_seed``
+    (the global RNG state is restored afterwards). Deterministic for a given seed, torch version and CPU."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = preset_configs(preset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**cfg["unet"])
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**cfg["vae"])
+        torch.manual_seed(seed + 2)
+        text_config = CLIPTextConfig(**cfg["text_encoder"])
+        text_encoder = CLIPTextModel(text_config)
+    tokenizer = ByteTokenizer(max_length=text_config.max_position_embeddings)
+    if tokenizer.vocab_size > text_config.vocab_size:
+        raise ValueError(f"Text vocab {text_config.vocab_size} is smaller than the byte tokenizer's.")
+    return UpscalerComponents(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenize=tokenizer,
+        scheduler=DDIMScheduler.from_config(cfg["scheduler"]),
+        low_res_scheduler=DDPMScheduler.from_config(cfg["low_res_scheduler"]),
+        max_noise_level=int(cfg["max_noise_level"]),
+        source=f"preset {preset!r} (random weights, seed {seed})",
+    )
+
+
+def _read_max_noise_level(model_path: str, local: bool, local_files_only: bool) -> int:
+    """``max_noise_level`` from ``model_index.json``; 350 if it cannot be read."""
+    try:
+        if local:
+            index_file = Path(model_path).expanduser() / "model_index.json"
+        else:
+            from huggingface_hub import hf_hub_download
+
+            index_file = Path(hf_hub_download(model_path, "model_index.json", local_files_only=local_files_only))
+        return int(json.loads(index_file.read_text()).get("max_noise_level", SD_X4_MAX_NOISE_LEVEL))
+    except Exception:  # noqa: BLE001 - optional metadata
+        return SD_X4_MAX_NOISE_LEVEL
+
+
+def load_pretrained_components(
+    model_path: str, local_files_only: bool = False, unet_dtype: torch.dtype = torch.float32
+) -> UpscalerComponents:
+    """``from_pretrained`` every component from a Hugging Face id or a local diffusers folder.
+
+    Raises :class:`PriorLoadError` (before contacting the hub) for a path-like ``model_path`` that does not exist
+    or lacks a subfolder, and wraps any loading failure (offline, hub unreachable, not cached) in it.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    local = looks_like_local_path(model_path)
+    if local:
+        folder = Path(model_path).expanduser()
+        if not folder.is_dir():
+            raise PriorLoadError(
+                prior_load_error_message(model_path, f"the local folder {str(folder)!r} does not exist")
+            )
+        missing = [s for s in SUBFOLDERS if not (folder / s).is_dir()]
+        if missing:
+            raise PriorLoadError(
+                prior_load_error_message(
+                    model_path, f"the local folder {str(folder)!r} has no subfolder(s) {', '.join(missing)}"
+                )
+            )
+        model_path = str(folder)
+        tried = f"loading the local diffusers folder {model_path!r}"
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+        where = "from the local Hugging Face cache only" if (offline or local_files_only) else "from the hub"
+        flags = ", ".join(f for f, on in (("HF_HUB_OFFLINE=1", offline), ("local_files_only", local_files_only)) if on)
+        tried = f"from_pretrained({model_path!r}, subfolder=...) {where}" + (f" ({flags})" if flags else "")
+
+    kw = dict(local_files_only=local_files_only)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="unet", torch_dtype=unet_dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", torch_dtype=torch.float32, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder", dtype=torch.float32, **kw)
+        tokenize = load_tokenizer(model_path, local_files_only=local_files_only)
+        scheduler = DDIMScheduler.from_pretrained(model_path, subfolder="scheduler", **kw)
+        low_res_scheduler = DDPMScheduler.from_pretrained(model_path, subfolder="low_res_scheduler", **kw)
+    except PriorLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure mode of the hub / disk ends up here
+        raise PriorLoadError(prior_load_error_message(model_path, tried, err)) from err
+    return UpscalerComponents(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenize=tokenize,
+        scheduler=scheduler,
+        low_res_scheduler=low_res_scheduler,
+        max_noise_level=_read_max_noise_level(model_path, local, local_files_only),
+        source=model_path,
+    )
+
+
+def config_mismatches(config: Any, reference: Dict[str, Any]) -> List[str]:
+    """Keys of ``reference`` whose value differs in a loaded diffusers ``config`` (lists and tuples compare equal)."""
+
+    def norm(v: Any) -> Any:
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    out = []
+    for key, ref in reference.items():
+        got = config.get(key, None) if hasattr(config, "get") else getattr(config, key, None)
+        if norm(got) != norm(ref):
+            out.append(f"{key}: {got!r} (expected {ref!r})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Saving random-weight presets as diffusers folders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_random_prior(folder: Union[str, Path], preset: str = "tiny", seed: int = 0) -> Path:
+    """Write a random-weight preset as a diffusers upscaler folder that ``SRPriorConfig(model_path=folder)``
+    loads back (identical outputs to ``SRPriorConfig(prior=preset, seed=seed)``).
+
+    Layout: ``unet/ vae/ text_encoder/ scheduler/ low_res_scheduler/`` (``save_pretrained``), ``tokenizer/
+    byte_tokenizer.json`` (marker selecting :class:`ByteTokenizer`), ``model_index.json``."""
+    import diffusers
+
+    folder = Path(folder)
+    comps = build_random_components(preset, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    comps.unet.save_pretrained(folder / "unet")
+    comps.vae.save_pretrained(folder / "vae")
+    comps.text_encoder.save_pretrained(folder / "text_encoder")
+    comps.scheduler.save_pretrained(folder / "scheduler")
+    comps.low_res_scheduler.save_pretrained(folder / "low_res_scheduler")
+    assert isinstance(comps.tokenize, ByteTokenizer)
+    comps.tokenize.save(folder / "tokenizer")
+    index = {
+        "_class_name": "StableDiffusionUpscalePipeline",
+        "_diffusers_version": diffusers.__version__,
+        "_vsdsr_preset": {"preset": preset, "seed": seed},
+        "max_noise_level": comps.max_noise_level,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["vsdsr_nerfstudio", "ByteTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def save_tiny_prior(folder: Union[str, Path], seed: int = 0) -> Path:
+    """Write the ``tiny`` preset (seed ``seed``) as a diffusers folder; see :func:`save_random_prior`."""
+    return save_random_prior(folder, preset="tiny", seed=seed)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The prior
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _AddToOutput:
+    """Forward hook that adds ``self.extra`` (when set) to a module's output. Holds no reference to the prior, so
+    deep-copying the UNet copies only this small object."""
+
+    def __init__(self) -> None:
+        self.extra: Optional[Tensor] = None
+
+    def __call__(self, module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        if self.extra is None:
+            return output
+        return output + self.extra.to(output.dtype)
+
+
+def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Move ``module`` to ``device``, casting only if its dtype differs (avoids diffusers' cast warning)."""
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module.to(device=device)
+
+
+def _randn(shape: Tuple[int, ...], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
+    """Standard normal float32 noise on ``device``, drawn with ``generator`` on the generator's own device."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=torch.float32)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+
+
+def _as_batch(values: Union[int, Tensor], batch: int, device: torch.device) -> Tensor:
+    """An int, a 0-d tensor or a ``(B,)`` tensor -> a ``(B,)`` int64 tensor on ``device``."""
+    values = torch.as_tensor(values, device=device).long().reshape(-1)
+    if values.numel() == 1 and batch != 1:
+        values = values.expand(batch)
+    if values.numel() != batch:
+        raise ValueError(f"Expected {batch} values, got {values.numel()}.")
+    return values
+
+
+class SDUpscalerPrior(SRPrior):
+    """Stable Diffusion x4 upscaler prior: frozen UNet (``denoiser``) in ``dtype``, frozen float32 VAE, prompt
+    embeddings computed once at setup (text encoder released afterwards).
+
+    Extra attributes: ``config``, ``vae``, ``scheduler``, ``low_res_scheduler``, ``low_res_alphas_cumprod``
+    (float32 on ``device``), ``scaling_factor``, ``source``.
+    """
+
+    def __init__(self, config: SRPriorConfig, device: Union[str, torch.device] = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(config.unet_dtype, self.device)
+
+        if config.prior == "sd-x4-upscaler":
+            comps = load_pretrained_components(config.model_path, config.local_files_only, self.dtype)
+            mismatches = config_mismatches(comps.unet.config, SD_X4_UNET) + config_mismatches(
+                comps.vae.config, SD_X4_VAE
+            )
+            if mismatches:
+                CONSOLE.print(
+                    f"[yellow]SD x4 prior: {comps.source} differs from stabilityai/stable-diffusion-x4-upscaler in: "
+                    + "; ".join(mismatches)
+                )
+        elif config.prior in ("sd-x4-random", "tiny"):
+            comps = build_random_components(config.prior, config.seed)
+        else:
+            raise ValueError(f"Unknown prior {config.prior!r}.")
+        self.source = comps.source
+
+        # Denoiser: frozen, eval mode, SDPA attention (diffusers' default AttnProcessor2_0).
+        unet = _to(comps.unet, self.device, self.dtype)
+        unet.requires_grad_(False).eval()
+        if getattr(unet, "class_embedding", None) is None:
+            raise ValueError("The UNet has no noise-level class embedding; is this an x4 upscaler UNet?")
+        self.denoiser = unet
+        self._class_hook = _AddToOutput()
+        self._class_hook_handle = unet.class_embedding.register_forward_hook(self._class_hook)
+        self.class_embedding_dim = int(unet.class_embedding.weight.shape[1])
+
+        # VAE: float32 always (it overflows in fp16).
+        vae = _to(comps.vae, self.device, torch.float32)
+        vae.requires_grad_(False).eval()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.scale = vae_downscale(vae)
+        self.latent_channels = int(vae.config.latent_channels)
+        if unet.config.in_channels != self.latent_channels + 3 or unet.config.out_channels != self.latent_channels:
+            raise ValueError(
+                f"UNet channels {unet.config.in_channels}->{unet.config.out_channels} do not match a "
+                f"{self.latent_channels}-channel latent plus a 3-channel LR image."
+            )
+
+        # Schedules.
+        self.scheduler = comps.scheduler
+        self.low_res_scheduler = comps.low_res_scheduler
+        prediction_type = comps.scheduler.config.prediction_type
+        if prediction_type not in ("v_prediction", "epsilon"):
+            raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
+        self.prediction_type = prediction_type
+        self.alphas_cumprod = comps.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
+        self.low_res_alphas_cumprod = comps.low_res_scheduler.alphas_cumprod.to(
+            device=self.device, dtype=torch.float32
+        )
+        self.max_noise_level = int(comps.max_noise_level)
+
+        # Text: embeddings once, then release the encoder and tokenizer.
+        self.uses_text = True
+        text_encoder = _to(comps.text_encoder, self.device, torch.float32)
+        text_encoder.requires_grad_(False).eval()
+        embeds = encode_prompts(
+            text_encoder, comps.tokenize, [config.prompt, config.negative_prompt], device=self.device
+        )
+        self._cond_embedding = embeds[:1].contiguous()
+        self._uncond_embedding = embeds[1:].contiguous()
+        self._text_encoder_ref = weakref.ref(text_encoder)
+        comps.text_encoder = None  # type: ignore[assignment]
+        comps.tokenize = None  # type: ignore[assignment]
+        del text_encoder, comps
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        CONSOLE.print(
+            f"SD x4 prior from {self.source}: UNet {self.dtype} on {self.device}, VAE float32, "
+            f"{self.prediction_type}, text encoder released."
+        )
+
+    # ---- SRPrior -------------------------------------------------------------------------------------------
+
+    def text_embeddings(self) -> Tuple[Float[Tensor, "1 L D"], Float[Tensor, "1 L D"]]:
+        """(conditional, unconditional) prompt embeddings, float32 on ``device``."""
+        return self._cond_embedding, self._uncond_embedding
+
+    def encode(
+        self, images: Float[Tensor, "B 3 H W"], sample: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Float[Tensor, "B C h w"]:
+        """HR images in [0, 1] -> scaled latents (posterior mode, or a draw if ``sample``), tiled, float32.
+        Runs with whatever grad mode the caller set; wrap in ``torch.no_grad()`` for renders."""
+        x = images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
+        mean, logvar = tiled_encode(self.vae, x, self.config.vae_tile_size, self.config.vae_tile_overlap)
+        if sample:
+            mean = mean + torch.exp(0.5 * logvar) * _randn(tuple(mean.shape), generator, self.device)
+        return mean * self.scaling_factor
+
+    def decode(self, latents: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
+        """Scaled latents -> HR images in [0, 1] (clamped), tiled, float32."""
+        z = latents.to(device=self.device, dtype=torch.float32) / self.scaling_factor
+        x = tiled_decode(self.vae, z, self.config.vae_tile_size, self.config.vae_tile_overlap)
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def noise_lr(
+        self,
+        lr_images: Float[Tensor, "B 3 h w"],
+        noise_level: Int[Tensor, " B"],
+        generator: Optional[torch.Generator] = None,
+    ) -> Float[Tensor, "B 3 h w"]:
+        """``sqrt(a_k) (2y - 1) + sqrt(1 - a_k) eta`` with the low-res scheduler's ``alphas_cumprod``, as
+        ``low_res_scheduler.add_noise`` in the diffusers upscale pipeline; per-sample ``noise_level`` (an int
+        broadcasts). Levels above ``max_noise_level`` raise, like the pipeline."""
+        y = lr_images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
+        k = _as_batch(noise_level, y.shape[0], self.device)
+        if bool((k < 0).any()) or bool((k > self.max_noise_level).any()):
+            raise ValueError(f"noise_level must be in [0, {self.max_noise_level}], got {k.tolist()}.")
+        a = self.low_res_alphas_cumprod[k].view(-1, 1, 1, 1)
+        eta = _randn(tuple(y.shape), generator, self.device)
+        return a**0.5 * y + (1 - a) ** 0.5 * eta
+
+    def predict(
+        self,
+        z_t: Float[Tensor, "B C h w"],
+        t: Int[Tensor, " B"],
+        lr_cond: Float[Tensor, "B 3 h w"],
+        noise_level: Int[Tensor, " B"],
+        text: Optional[Float[Tensor, "B L D"]] = None,
+        extra_class_embedding: Optional[Float[Tensor, "B E"]] = None,
+    ) -> Float[Tensor, "B C h w"]:
+        """UNet output (``prediction_type``) in float32. Inputs are cast to the UNet dtype; ``t`` and
+        ``noise_level`` may be ints or ``(B,)`` tensors; ``text`` of batch 1 broadcasts, ``None`` is the
+        unconditional (negative-prompt) embedding; ``extra_class_embedding`` is added to the noise-level embedding
+        output through a forward hook on ``unet.class_embedding`` (set only for this call)."""
+        batch = z_t.shape[0]
+        x = torch.cat([z_t.to(self.device, self.dtype), lr_cond.to(self.device, self.dtype)], dim=1)
+        timesteps = _as_batch(t, batch, self.device)
+        labels = _as_batch(noise_level, batch, self.device)
+        emb = self._uncond_embedding if text is None else text
+        emb = emb.to(self.device, self.dtype)
+        if emb.shape[0] == 1 and batch != 1:
+            emb = emb.expand(batch, -1, -1)
+        if extra_class_embedding is not None:
+            if extra_class_embedding.shape[-1] != self.class_embedding_dim:
+                raise ValueError(
+                    f"extra_class_embedding has width {extra_class_embedding.shape[-1]}, "
+                    f"expected {self.class_embedding_dim}."
+                )
+            self._class_hook.extra = extra_class_embedding.to(self.device)
+        try:
+            out = self.denoiser(x, timesteps, encoder_hidden_states=emb, class_labels=labels, return_dict=False)[0]
+        finally:
+            self._class_hook.extra = None
+        return out.float()
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    @property
+    def text_encoder_released(self) -> bool:
+        """True once the text encoder used at setup has been garbage-collected."""
+        return self._text_encoder_ref() is None
