@@ -1,26 +1,34 @@
 """`vsd-sr-tiny`: the default method shrunk to run on a CPU in seconds (tests, smoke checks, CI).
 
 Same classes as `vsd-sr`; only sizes change: a small hash grid and proposal networks, few rays and samples,
-torch (not tinycudann) hash grid, no viewer.
+torch (not tinycudann) hash grid, no viewer, the `tiny` diffusion prior (random weights: it exercises every code
+path, it does not improve images), and a short schedule: 20 LR steps, then 2 cycles of (3 SR steps, 10 sync steps).
 """
 
 from __future__ import annotations
 
 from nerfstudio.plugins.types import MethodSpecification
 
-from vsdsr_nerfstudio.method_configs.vsd_sr import vsd_sr_config
+from vsdsr_nerfstudio.method_configs.vsd_sr import i3ds_steps, vsd_sr_config
 
 
 def vsd_sr_tiny_config():
     """`vsd-sr` with CPU-sized model and batches."""
     config = vsd_sr_config()
     config.method_name = "vsd-sr-tiny"
-    config.max_num_iterations = 200
-    config.steps_per_save = 100
-    config.steps_per_eval_batch = 100
-    config.steps_per_eval_image = 100
+    config.machine.device_type = "cpu"
     config.mixed_precision = False
     config.vis = "tensorboard"
+    pipeline = config.pipeline
+    pipeline.pretrain_steps, pipeline.upscale_steps, pipeline.sync_steps, pipeline.num_cycles = 20, 3, 10, 2
+    config.max_num_iterations = i3ds_steps(pipeline.pretrain_steps, pipeline.sync_steps, pipeline.num_cycles)
+    config.steps_per_save = 10
+    config.steps_per_eval_batch = 1000
+    config.steps_per_eval_image = 1000
+    pipeline.prior.prior = "tiny"
+    pipeline.stage.batch_size = 2
+    pipeline.stage.patch_size = 8
+    pipeline.steps_per_chunk = 1
     datamanager = config.pipeline.datamanager
     datamanager.train_num_rays_per_batch = 256
     datamanager.eval_num_rays_per_batch = 256

@@ -9,3 +9,10 @@ from vsdsr_nerfstudio.checkpoint_compat import allow_nerfstudio_checkpoint_globa
 __version__ = "0.1.0"
 
 allow_nerfstudio_checkpoint_globals()
+
+try:  # never let a video convenience break an ns-* command
+    from vsdsr_nerfstudio.video import use_bundled_ffmpeg
+
+    use_bundled_ffmpeg()
+except Exception:  # pragma: no cover
+    pass
