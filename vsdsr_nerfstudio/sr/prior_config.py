@@ -34,13 +34,26 @@ class PriorLoadError(RuntimeError):
     """The diffusion prior's weights could not be loaded (missing local folder, hub unreachable or offline)."""
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def prior_load_error_message(model_path: str, tried: str, cause: Optional[BaseException] = None) -> str:
     """The one place that words a :class:`PriorLoadError`: what was tried, how to fix it, the ``tiny`` preset."""
     lines = [
         f"Could not load the Stable Diffusion x4 upscaler from {model_path!r}: {tried}.",
     ]
     if cause is not None:
-        lines.append(f"Cause: {type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause) else ''}")
+        lines.append(f"Cause: {_first_line(cause)}")
+        root = cause
+        for _ in range(8):  # the hub/network error that a loader wrapped, if any
+            nxt = root.__cause__ or root.__context__
+            if nxt is None:
+                break
+            root = nxt
+        if root is not cause:
+            lines.append(f"Root cause: {_first_line(root)}")
     lines += [
         f"Set `{MODEL_PATH_FIELD}` to a local diffusers folder of stabilityai/stable-diffusion-x4-upscaler "
         "(with unet/, vae/, text_encoder/, tokenizer/, scheduler/, low_res_scheduler/), e.g. "
