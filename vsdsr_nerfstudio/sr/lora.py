@@ -174,6 +174,8 @@ class CameraLoRA:
         self.num_calls = 0
         #: number of LoRA optimiser updates so far.
         self.num_updates = 0
+        #: number of SR stages started with this LoRA (see :meth:`begin_stage`).
+        self.num_stages = 0
         #: camera normalisation ``(center, scale)``, fixed on the first :meth:`encode_cameras` call.
         self.camera_center: Optional[Tensor] = None
         self.camera_scale: Optional[float] = None
@@ -228,6 +230,13 @@ class CameraLoRA:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.scaler.is_enabled())
         self.num_calls = 0
         self.num_updates = 0
+
+    def begin_stage(self, persist: bool = True) -> None:
+        """Called at the start of every SR stage: re-initialises the LoRA first if ``persist`` is False (and this
+        is not the first stage), then counts the stage."""
+        if not persist and self.num_stages > 0:
+            self.reset()
+        self.num_stages += 1
 
     # -- adapters on / off --------------------------------------------------------------------------------------
 
@@ -377,6 +386,7 @@ class CameraLoRA:
             "scaler": self.scaler.state_dict(),
             "num_calls": self.num_calls,
             "num_updates": self.num_updates,
+            "num_stages": self.num_stages,
             "camera_center": None if self.camera_center is None else self.camera_center.clone(),
             "camera_scale": self.camera_scale,
             "generator": self.generator.get_state(),
@@ -400,6 +410,7 @@ class CameraLoRA:
         self.scaler.load_state_dict(state["scaler"])
         self.num_calls = int(state["num_calls"])
         self.num_updates = int(state["num_updates"])
+        self.num_stages = int(state.get("num_stages", 0))
         self.camera_center = state["camera_center"]
         self.camera_scale = state["camera_scale"]
         self.generator.set_state(state["generator"])
