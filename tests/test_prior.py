@@ -280,6 +280,9 @@ def test_single_tile_is_untouched(prior):
     assert torch.equal(tiled_decode(prior.vae, z, 16, 4), prior.vae.decode(z).sample)
     x = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert torch.equal(tiled_encode(prior.vae, x, 16, 4)[0], prior.vae.encode(x).latent_dist.mean)
+    # tile <= 0 disables tiling
+    assert torch.equal(tiled_decode(prior.vae, z, 0, 0), prior.vae.decode(z).sample)
+    assert torch.equal(tiled_encode(prior.vae, x, 0, 0)[0], prior.vae.encode(x).latent_dist.mean)
 
 
 def test_tile_layout():

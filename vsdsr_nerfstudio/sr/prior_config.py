@@ -116,8 +116,9 @@ class SRPriorConfig(InstantiateConfig):
     negative_prompt: str = ""
     """Prompt of the unconditional branch of classifier-free guidance (DiSR: empty)."""
     vae_tile_size: int = 128
-    """VAE tile size in latent (= LR) pixels; bounds the VAE memory (128 -> 512x512 HR pixels per tile). Latents
-    that fit in one tile are encoded/decoded in one piece."""
+    """VAE tile size in latent (= LR) pixels; bounds the VAE memory (128 -> 512x512 HR pixels per tile, about
+    2.6 GB to decode a 2016x1512 view). Latents that fit in one tile are encoded/decoded in one piece. 0 disables
+    tiling: exact (tiles see tile-wide GroupNorm statistics and attention), but about 16 GB for a 2016x1512 view."""
     vae_tile_overlap: int = 32
     """Overlap of neighbouring VAE tiles in latent pixels, blended linearly."""
     seed: int = 0
