@@ -334,6 +334,55 @@ def test_byte_tokenizer():
     assert long.shape == (1, 77) and long[0, -1].item() == 257
 
 
+def _minimal_clip_bpe(folder: Path) -> int:
+    """A CLIP BPE vocabulary without merges (byte-level symbols only): ``vocab.json`` + ``merges.txt``, no
+    ``tokenizer_config.json``. Returns the vocabulary size."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+    bs += list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+def test_clip_tokenizer_path(tiny_folder, tmp_path):
+    """A folder with a real ``CLIPTokenizer`` (as the hub repo has) instead of the byte-tokenizer marker."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from vsdsr_nerfstudio.sr import sd_x4_configs
+    from vsdsr_nerfstudio.sr.text import load_tokenizer
+
+    folder = tmp_path / "clip-tok"
+    shutil.copytree(tiny_folder, folder)
+    shutil.rmtree(folder / "tokenizer")
+    vocab_size = _minimal_clip_bpe(folder / "tokenizer")
+    shutil.rmtree(folder / "text_encoder")
+    cfg = dict(sd_x4_configs.TINY_TEXT_ENCODER, vocab_size=vocab_size, bos_token_id=512, eos_token_id=513)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg)).eval()
+    text_encoder.save_pretrained(folder / "text_encoder")
+
+    tokenize = load_tokenizer(str(folder), local_files_only=True)
+    ids = tokenize(["horns, high resolution, 4K, photo", ""])
+    assert ids.shape == (2, 77) and ids[0, 0].item() == 512 and ids[1, :2].tolist() == [512, 513]
+    loaded = SRPriorConfig(model_path=str(folder), prompt="horns, high resolution, 4K, photo").setup("cpu")
+    cond, uncond = loaded.text_embeddings()
+    with torch.no_grad():
+        expected = text_encoder(ids)[0]
+    torch.testing.assert_close(cond, expected[:1], rtol=0, atol=0)
+    torch.testing.assert_close(uncond, expected[1:], rtol=0, atol=0)
+
+
 # ---- loading, saving, errors -------------------------------------------------------------------------------
 
 

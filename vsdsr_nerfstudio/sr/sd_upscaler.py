@@ -170,7 +170,9 @@ def load_pretrained_components(
         unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="unet", torch_dtype=unet_dtype, **kw)
         vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", torch_dtype=torch.float32, **kw)
         text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder", dtype=torch.float32, **kw)
-        tokenize = load_tokenizer(model_path, local_files_only=local_files_only)
+        tokenize = load_tokenizer(
+            model_path, local_files_only=local_files_only, max_length=text_encoder.config.max_position_embeddings
+        )
         scheduler = DDIMScheduler.from_pretrained(model_path, subfolder="scheduler", **kw)
         low_res_scheduler = DDPMScheduler.from_pretrained(model_path, subfolder="low_res_scheduler", **kw)
     except PriorLoadError:

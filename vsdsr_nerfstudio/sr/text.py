@@ -81,12 +81,14 @@ TokenizeFn = Callable[[Sequence[str]], Int[Tensor, "B L"]]
 """Prompts -> padded ``(B, L)`` token ids."""
 
 
-def load_tokenizer(model_path: str, local_files_only: bool = False) -> TokenizeFn:
+def load_tokenizer(model_path: str, local_files_only: bool = False, max_length: int = 77) -> TokenizeFn:
     """The tokenizer of a diffusers upscaler folder or hub id, as a function ``prompts -> ids``.
 
     A local folder with ``tokenizer/byte_tokenizer.json`` gets :class:`ByteTokenizer`; anything else loads
-    ``CLIPTokenizer`` from the ``tokenizer`` subfolder and pads to its ``model_max_length`` (77), exactly like
-    ``StableDiffusionUpscalePipeline.encode_prompt``.
+    ``CLIPTokenizer`` from the ``tokenizer`` subfolder and pads/truncates to its ``model_max_length`` (77 in the
+    x4 upscaler's ``tokenizer_config.json``), exactly like ``StableDiffusionUpscalePipeline.encode_prompt``.
+    ``max_length`` (the text encoder's ``max_position_embeddings``) caps it, e.g. when a folder has no
+    ``tokenizer_config.json`` and transformers reports a huge ``model_max_length``.
     """
     marker_dir = Path(model_path).expanduser() / "tokenizer"
     if (marker_dir / BYTE_TOKENIZER_FILE).is_file():
@@ -95,12 +97,13 @@ def load_tokenizer(model_path: str, local_files_only: bool = False) -> TokenizeF
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer", local_files_only=local_files_only)
+    length = min(int(tokenizer.model_max_length), max_length)
 
     def tokenize(prompts: Sequence[str]) -> Int[Tensor, "B L"]:
         out = tokenizer(
             list(prompts),
             padding="max_length",
-            max_length=tokenizer.model_max_length,
+            max_length=length,
             truncation=True,
             return_tensors="pt",
         )
