@@ -335,10 +335,14 @@ def test_base_weights_unchanged_and_output_shape_on_tiny_prior():
     base = {k: v.clone() for k, v in prior.denoiser.state_dict().items() if "lora_" not in k}
     vae = {k: v.clone() for k, v in prior.vae.state_dict().items()}
     stage = SRStageConfig(batch_size=2, patch_size=8, lora_every=1, lora_lr=1e-2).setup(prior=prior)
+    assert stage.config.lora_gradient_checkpointing and prior.denoiser.is_gradient_checkpointing
+    lora0 = [p.detach().clone() for p in stage.lora.parameters()]
     renders, lr, c2w = views_data(n=3)
     steps = []
     images = stage.run(renders, lr, c2w, num_steps=4, callback=steps.append)
     assert [s.step for s in steps] == [0, 1, 2, 3] and all(s.lora is not None for s in steps)
+    # the LoRA trains through the checkpointed UNet (B matrices leave zero)
+    assert all(not torch.equal(a, b) for a, b in zip(lora0, stage.lora.parameters(), strict=True))
     state = {k.replace(".base_layer", ""): v for k, v in prior.denoiser.state_dict().items() if "lora_" not in k}
     assert state.keys() == base.keys() and all(torch.equal(state[k], base[k]) for k in base)
     assert all(torch.equal(v, vae[k]) for k, v in prior.vae.state_dict().items())
