@@ -488,3 +488,9 @@ def test_real_architecture_configs():
     assert sched.config.prediction_type == "v_prediction" and sched.config.steps_offset == 1
     assert low.config.prediction_type == "epsilon"
     torch.testing.assert_close(sched.alphas_cumprod, low.alphas_cumprod)
+
+
+def test_scene_prompt():
+    cfg = SRPriorConfig()
+    assert cfg.scene_prompt("horns") == "horns, high resolution, 4K, photo"
+    assert cfg.scene_prompt(None) == cfg.prompt and cfg.negative_prompt == ""

@@ -86,18 +86,21 @@ def resolve_dtype(name: DtypeName, device: Union[str, torch.device]) -> torch.dt
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def _build_sd_upscaler_prior(config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":
-    """Lazy ``_target``: imports the diffusers-backed prior only when a prior is set up."""
-    from vsdsr_nerfstudio.sr.sd_upscaler import SDUpscalerPrior
+class LazySDUpscalerPrior:
+    """Lazy ``_target``: ``LazySDUpscalerPrior(config, device=...)`` imports ``sr.sd_upscaler`` (diffusers) only
+    now and returns an ``SDUpscalerPrior`` (a class rather than a function, so tyro sees a ``Type``)."""
 
-    return SDUpscalerPrior(config, **kwargs)
+    def __new__(cls, config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":  # type: ignore[misc]
+        from vsdsr_nerfstudio.sr.sd_upscaler import SDUpscalerPrior
+
+        return SDUpscalerPrior(config, **kwargs)
 
 
 @dataclass
 class SRPriorConfig(InstantiateConfig):
     """The Stable Diffusion x4 upscaler as an :class:`~vsdsr_nerfstudio.sr.prior_base.SRPrior`."""
 
-    _target: Type = field(default_factory=lambda: _build_sd_upscaler_prior)
+    _target: Type = field(default_factory=lambda: LazySDUpscalerPrior)
     """Factory of the prior; imports ``sr.sd_upscaler`` (diffusers) lazily."""
     prior: PriorName = "sd-x4-upscaler"
     """Which weights: ``sd-x4-upscaler`` = pretrained, from ``model_path``; ``sd-x4-random`` = the real x4
