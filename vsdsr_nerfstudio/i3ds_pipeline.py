@@ -97,14 +97,14 @@ class _SRRuntime:
     """What the pipeline holds for SR outside the nn.Module tree (so outside state_dict and checkpoints)."""
 
     prior: Any = None
-    lora: Any = None
+    stage: Any = None
     trainer: Any = None
     stage_steps: List[int] = field(default_factory=list)
     cycles_done: int = 0
     last_stage_step: int = -1
     stage_file: str = ""
     resumed: bool = False
-    pending_lora_state: Optional[Dict[str, Any]] = None
+    pending_stage_state: Optional[Dict[str, Any]] = None
     schedule_ready: bool = False
     force_stage: bool = False
     status: str = "pretraining (LR)"
@@ -209,7 +209,7 @@ class I3DSPipeline(VanillaPipeline):
         self.datamanager.load_hr_state({"hr_images": state["hr_images"], "written": state["written"]})
         self.sr.cycles_done = int(state["cycle"])
         self.sr.last_stage_step = int(state["step"])
-        self.sr.pending_lora_state = state.get("lora") or None
+        self.sr.pending_stage_state = state.get("sr_stage") or None
         _set_rng_state(state.get("rng", {}))
         run_dir = self._run_dir()
         self.sr.stage_file = str(adopt_stage_file(path, run_dir) if run_dir is not None else path)
@@ -232,7 +232,7 @@ class I3DSPipeline(VanillaPipeline):
     # ------------------------------------------------------------------------------------------- the stage
     def _load_prior(self):
         if self.sr.prior is None:
-            from vsdsr_nerfstudio.sr.lora import CameraLoRA
+            from vsdsr_nerfstudio.sr.stage import SRStage
 
             CONSOLE.print(f"Loading the diffusion prior ({self.config.prior.prior}: {self.config.prior.model_path})...")
             prompt = self.config.scene_prompt
@@ -240,10 +240,12 @@ class I3DSPipeline(VanillaPipeline):
                 prompt = Path(self.datamanager.dataparser.config.data).name
             self.config.prior.prompt = self.config.prior.scene_prompt(prompt)
             self.sr.prior = self.config.prior.setup(device=self.device)
-            self.sr.lora = CameraLoRA(self.sr.prior, self.config.stage)
-            if self.sr.pending_lora_state:
-                self.sr.lora.load_state_dict(self.sr.pending_lora_state)
-                self.sr.pending_lora_state = None
+            # One SRStage for the whole run: the LoRA and its counters persist across stages; the residual and
+            # the timestep ramp are reset by every begin().
+            self.sr.stage = SRStage(self.config.stage, self.sr.prior)
+            if self.sr.pending_stage_state:
+                self.sr.stage.load_state_dict(self.sr.pending_stage_state)
+                self.sr.pending_stage_state = None
         else:
             _move_prior(self.sr.prior, self.device)
         return self.sr.prior
@@ -284,14 +286,12 @@ class I3DSPipeline(VanillaPipeline):
         """One upscaling stage now (before NeRF step ``step``): render, K SR steps, decode, write every view."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from vsdsr_nerfstudio.sr.stage import SRStage
-
         cycle = self.sr.cycles_done + 1
         timings: Dict[str, float] = {}
         try:
             t0 = time.perf_counter()
             self._set_status(f"stage {cycle}: loading prior")
-            prior = self._load_prior()
+            self._load_prior()
             timings["load_prior"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -302,8 +302,8 @@ class I3DSPipeline(VanillaPipeline):
             t0 = time.perf_counter()
             lr_images = self.datamanager.lr_images_chw()
             c2w = self.datamanager.hr_cameras().camera_to_worlds
-            stage = SRStage(prior, self.config.stage, lora=self.sr.lora)
-            stage.begin(renders, lr_images, c2w)
+            stage = self.sr.stage
+            stage.begin(renders, lr_images, c2w, num_steps=self.config.upscale_steps)
             timings["encode"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -315,7 +315,7 @@ class I3DSPipeline(VanillaPipeline):
                 for k in range(steps):
                     stats = stage.step()
                     if (k + 1) % max(1, self.config.steps_per_chunk) == 0 or k + 1 == steps:
-                        info = f"t={int(stats.get('t', 0))} loss={float(stats.get('loss', 0.0)):.4g}"
+                        info = f"t={stats.t:.0f} loss={stats.loss:.4g}"
                         progress.update(task, completed=k + 1, info=info)
                         self._set_status(f"stage {cycle}: SR step {k + 1}/{steps}")
                         self._yield_lock()
@@ -349,7 +349,7 @@ class I3DSPipeline(VanillaPipeline):
             "cycle": cycle,
             "step": step,
             **self.datamanager.hr_state(),
-            "lora": self.sr.lora.state_dict() if self.sr.lora is not None else {},
+            "sr_stage": self.sr.stage.state_dict() if self.sr.stage is not None else {},
             "rng": _get_rng_state(),
         }
         self.sr.stage_file = str(save_stage_state(run_dir, cycle, state))
