@@ -494,3 +494,12 @@ def test_scene_prompt():
     cfg = SRPriorConfig()
     assert cfg.scene_prompt("horns") == "horns, high resolution, 4K, photo"
     assert cfg.scene_prompt(None) == cfg.prompt and cfg.negative_prompt == ""
+
+
+def test_to_device_keeps_outputs_and_parameters(prior):
+    z_t, t, lr, k = _inputs()
+    before = prior.predict(z_t, t, lr, k)
+    param = next(prior.denoiser.parameters())
+    assert prior.to("cpu") is prior and prior.device == torch.device("cpu")
+    assert next(prior.denoiser.parameters()) is param  # moved in place: optimisers stay valid
+    torch.testing.assert_close(prior.predict(z_t, t, lr, k), before, rtol=0, atol=0)

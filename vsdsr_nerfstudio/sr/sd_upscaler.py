@@ -454,6 +454,23 @@ class SDUpscalerPrior(SRPrior):
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
+    def to(self, device: Union[str, torch.device]) -> "SDUpscalerPrior":
+        """Move the denoiser (with any adapters), the VAE, the prompt embeddings and the schedules to ``device``,
+        e.g. to offload to the CPU during NeRF synchronisation. Parameters are moved in place (optimisers that
+        hold them stay valid); the dtypes do not change (a bf16 denoiser stays bf16 on the CPU)."""
+        device = torch.device(device)
+        leaving_cuda = self.device.type == "cuda" and device.type != "cuda"
+        self.denoiser.to(device)
+        self.vae.to(device)
+        self.alphas_cumprod = self.alphas_cumprod.to(device)
+        self.low_res_alphas_cumprod = self.low_res_alphas_cumprod.to(device)
+        self._cond_embedding = self._cond_embedding.to(device)
+        self._uncond_embedding = self._uncond_embedding.to(device)
+        self.device = device
+        if leaving_cuda:
+            torch.cuda.empty_cache()
+        return self
+
     @property
     def text_encoder_released(self) -> bool:
         """True once the text encoder used at setup has been garbage-collected."""
