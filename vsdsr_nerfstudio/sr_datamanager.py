@@ -57,9 +57,16 @@ class SRDataManager(VanillaDataManager):
     def setup_train(self) -> None:
         super().setup_train()
         batch = next(self.iter_train_image_dataloader)
+        if len(batch["image_idx"]) != len(self.train_dataset):
+            raise ValueError(
+                "SRDataManager needs every training image in memory; leave train-num-images-to-sample-from at -1"
+            )
+        # The cached batch comes in a shuffled order (image_idx[k] is the view of image k): store views in
+        # dataset order, so view i is camera i everywhere (LR conditioning, HR buffer, renders, c2w).
+        order = torch.argsort(batch["image_idx"].detach().cpu())
         # float32 on CPU, (N, h, w, 3) in [0, 1]; never written to after this point.
-        self._lr_images: Tensor = batch["image"].detach().to("cpu", torch.float32).clone()
-        self._image_idx: Tensor = batch["image_idx"].detach().to("cpu").clone()
+        self._lr_images: Tensor = batch["image"].detach().to("cpu", torch.float32)[order].clone()
+        self._image_idx: Tensor = torch.arange(len(order))
         self._hr: Optional[Tensor] = None
         self._written: Optional[Tensor] = None
         self._lr_cameras: Cameras = self.train_dataset.cameras
