@@ -1,12 +1,13 @@
-"""Config of the Stable Diffusion x4 upscaler prior. Import-light: diffusers/transformers load in ``setup``.
+"""Config of the x4 diffusion prior. Import-light: diffusers/transformers load in ``setup``.
 
 Usage::
 
     from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
     prior = SRPriorConfig(prior="tiny").setup(device="cpu")          # tests / CPU, seeded random weights
     prior = SRPriorConfig(model_path="/data/sd-x4").setup(device="cuda")  # real weights from a local folder
+    prior = SRPriorConfig(prior="embedded").setup(device="cuda")     # the pixel-space prior shipped in the package
 
-See ``docs/prior.md``.
+See ``docs/prior.md`` (Stable Diffusion x4 upscaler) and ``docs/embedded_prior.md`` (pixel-space prior).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nerfstudio.configs.base_config import InstantiateConfig
 if TYPE_CHECKING:
     from vsdsr_nerfstudio.sr.prior_base import SRPrior
 
-PriorName = Literal["sd-x4-upscaler", "sd-x4-random", "tiny"]
+PriorName = Literal["sd-x4-upscaler", "sd-x4-random", "tiny", "embedded", "pixel-tiny"]
 DtypeName = Literal["bf16", "fp16", "fp32"]
 
 MODEL_PATH_FIELD = "prior.model_path"
@@ -32,6 +33,36 @@ pipeline nests this config, e.g. ``--pipeline.sr.prior.model-path``)."""
 
 class PriorLoadError(RuntimeError):
     """The diffusion prior's weights could not be loaded (missing local folder, hub unreachable or offline)."""
+
+
+PIXEL_PRIOR_CONFIG_NAME = "pixel_prior.json"
+"""The file that marks a folder as a pixel-space prior (``sr/pixel_prior.py``); ``model_path`` folders holding it
+load as :class:`~vsdsr_nerfstudio.sr.pixel_prior.PixelSpacePrior`."""
+
+PIXEL_PRIOR_NAMES = ("embedded", "pixel-tiny")
+"""Values of ``SRPriorConfig.prior`` that select the pixel-space prior."""
+
+EMBEDDED_PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded_prior"
+"""Where the package ships the weights of the ``embedded`` prior (written by ``vsdsr-train-prior``)."""
+
+
+def is_pixel_prior_folder(model_path: Union[str, Path]) -> bool:
+    """True if ``model_path`` is a local folder of a pixel-space prior (it holds ``pixel_prior.json``)."""
+    try:
+        return bool(str(model_path)) and (Path(model_path).expanduser() / PIXEL_PRIOR_CONFIG_NAME).is_file()
+    except OSError:
+        return False
+
+
+def embedded_prior_missing_message(folder: Union[str, Path]) -> str:
+    """Wording of the :class:`PriorLoadError` for ``prior="embedded"`` when the package ships no weights."""
+    return (
+        f"The embedded pixel-space x4 prior is not shipped yet: {str(folder)!r} has no {PIXEL_PRIOR_CONFIG_NAME}.\n"
+        "Train one with `vsdsr-train-prior --images /path/to/photos --output /path/to/run` (see "
+        "docs/embedded_prior.md), then either copy /path/to/run/model/* into that folder, or set "
+        f"`{MODEL_PATH_FIELD}` to the trained folder, e.g. `--pipeline.prior.model-path /path/to/run/model`.\n"
+        "For tests and CPU runs without any weights use `prior=\"pixel-tiny\"` (or the SD-architecture `tiny`)."
+    )
 
 
 def _first_line(err: BaseException) -> str:
@@ -57,8 +88,10 @@ def prior_load_error_message(model_path: str, tried: str, cause: Optional[BaseEx
     lines += [
         f"Set `{MODEL_PATH_FIELD}` to a local diffusers folder of stabilityai/stable-diffusion-x4-upscaler "
         "(with unet/, vae/, text_encoder/, tokenizer/, scheduler/, low_res_scheduler/), e.g. "
-        "`--pipeline.sr.prior.model-path /path/to/stable-diffusion-x4-upscaler`, or make the Hugging Face hub "
+        "`--pipeline.prior.model-path /path/to/stable-diffusion-x4-upscaler`, or make the Hugging Face hub "
         "reachable (and unset HF_HUB_OFFLINE / local_files_only) so the weights can be downloaded once.",
+        "Offline alternative without any download: the pixel-space prior embedded in the package, "
+        "`--pipeline.prior.prior embedded` (docs/embedded_prior.md).",
         "For tests and CPU runs without any weights use the `tiny` preset (`prior=\"tiny\"`); for GPU benchmarks "
         "with the real architecture and random weights use `prior=\"sd-x4-random\"`.",
     ]
@@ -88,9 +121,18 @@ def resolve_dtype(name: DtypeName, device: Union[str, torch.device]) -> torch.dt
 
 class LazySDUpscalerPrior:
     """Lazy ``_target``: ``LazySDUpscalerPrior(config, device=...)`` imports ``sr.sd_upscaler`` (diffusers) only
-    now and returns an ``SDUpscalerPrior`` (a class rather than a function, so tyro sees a ``Type``)."""
+    now and returns an ``SDUpscalerPrior`` (a class rather than a function, so tyro sees a ``Type``).
+
+    ``prior="embedded"``/``"pixel-tiny"``, or a ``model_path`` folder holding ``pixel_prior.json``, give a
+    ``PixelSpacePrior`` (``sr/pixel_prior.py``) instead."""
 
     def __new__(cls, config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":  # type: ignore[misc]
+        if config.prior in PIXEL_PRIOR_NAMES or (
+            config.prior == "sd-x4-upscaler" and is_pixel_prior_folder(config.model_path)
+        ):
+            from vsdsr_nerfstudio.sr.pixel_prior import build_pixel_prior
+
+            return build_pixel_prior(config, **kwargs)
         from vsdsr_nerfstudio.sr.sd_upscaler import SDUpscalerPrior
 
         return SDUpscalerPrior(config, **kwargs)
@@ -98,26 +140,33 @@ class LazySDUpscalerPrior:
 
 @dataclass
 class SRPriorConfig(InstantiateConfig):
-    """The Stable Diffusion x4 upscaler as an :class:`~vsdsr_nerfstudio.sr.prior_base.SRPrior`."""
+    """The x4 diffusion prior as an :class:`~vsdsr_nerfstudio.sr.prior_base.SRPrior`: the Stable Diffusion x4
+    upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one)."""
 
     _target: Type = field(default_factory=lambda: LazySDUpscalerPrior)
     """Factory of the prior; imports ``sr.sd_upscaler`` (diffusers) lazily."""
     prior: PriorName = "sd-x4-upscaler"
     """Which weights: ``sd-x4-upscaler`` = pretrained, from ``model_path``; ``sd-x4-random`` = the real x4
     architecture with seeded random weights (GPU benchmarks without the hub); ``tiny`` = the same classes with
-    small configs and seeded random weights (tests, CPU)."""
+    small configs and seeded random weights (tests, CPU); ``embedded`` = the small pixel-space prior whose weights
+    ship inside the package (``assets/embedded_prior/``; no text, no VAE, no download, see docs/embedded_prior.md);
+    ``pixel-tiny`` = a tiny pixel-space prior with seeded random weights (tests, CPU)."""
     model_path: str = "stabilityai/stable-diffusion-x4-upscaler"
     """Hugging Face id or local diffusers folder of the upscaler (only for ``prior="sd-x4-upscaler"``). A folder
-    written by ``sd_upscaler.save_tiny_prior`` also works."""
+    written by ``sd_upscaler.save_tiny_prior`` also works. A local folder of a pixel-space prior (it holds
+    ``pixel_prior.json``, e.g. ``vsdsr-train-prior``'s ``OUTPUT/model``) loads that prior, with ``prior`` set to
+    ``sd-x4-upscaler`` or ``embedded``."""
     local_files_only: bool = False
     """Never contact the hub; load ``model_path`` from the local Hugging Face cache only."""
     unet_dtype: DtypeName = "bf16"
     """Compute dtype of the UNet on a GPU. On a CPU the UNet always runs in float32. The VAE always runs in float32
     (it overflows in fp16) and the text encoder runs once, in float32, at setup."""
     prompt: str = "high resolution, 4K, photo"
-    """Conditional prompt (DiSR's). The caller may prepend the scene name, see :meth:`scene_prompt`."""
+    """Conditional prompt (DiSR's). The caller may prepend the scene name, see :meth:`scene_prompt`. Ignored by
+    the pixel-space priors (``embedded``, ``pixel-tiny``), which have no text conditioning."""
     negative_prompt: str = ""
-    """Prompt of the unconditional branch of classifier-free guidance (DiSR: empty)."""
+    """Prompt of the unconditional branch of classifier-free guidance (DiSR: empty). Ignored by the pixel-space
+    priors (``embedded``, ``pixel-tiny``), which have no text conditioning."""
     vae_tile_size: int = 128
     """VAE tile size in latent (= LR) pixels; bounds the VAE memory (128 -> 512x512 HR pixels per tile, about
     2.6 GB to decode a 2016x1512 view). Latents that fit in one tile are encoded/decoded in one piece. 0 disables
@@ -125,7 +174,7 @@ class SRPriorConfig(InstantiateConfig):
     vae_tile_overlap: int = 32
     """Overlap of neighbouring VAE tiles in latent pixels, blended linearly."""
     seed: int = 0
-    """Seed of the random weights of the ``tiny`` and ``sd-x4-random`` presets."""
+    """Seed of the random weights of the ``tiny``, ``sd-x4-random`` and ``pixel-tiny`` presets."""
 
     def setup(self, device: Union[str, torch.device] = "cpu", **kwargs: Any) -> "SRPrior":
         """Load the prior onto ``device`` (imports diffusers/transformers now)."""
