@@ -364,3 +364,15 @@ def test_bad_inputs_are_refused():
         SRStageConfig(guidance="sds").setup(prior=prior).step()
     with pytest.raises(ValueError):
         SRStageConfig(noise_level=400).setup(prior=prior)
+
+
+def test_stage_runs_on_the_pixel_space_prior():
+    """A 48-channel, text-free prior: the same code path (no text CFG, LoRA on its attention, v-prediction)."""
+    prior = SRPriorConfig(prior="pixel-tiny").setup(torch.device("cpu"))
+    assert prior.latent_channels == 48 and not prior.uses_text
+    stage = SRStageConfig(batch_size=2, patch_size=8, lora_every=1).setup(prior=prior)
+    renders, lr, c2w = views_data(n=2)
+    stats = []
+    images = stage.run(renders, lr, c2w, num_steps=2, callback=stats.append)
+    assert images.shape == renders.shape and all(s.lora is not None for s in stats)
+    assert all(torch.isfinite(torch.tensor([s.loss, s.grad_norm])).all() for s in stats)
