@@ -155,9 +155,8 @@ class SRStage:
         n = len(renders)
         if len(lr_images) != n:
             raise ValueError(f"{n} renders but {len(lr_images)} LR images")
-        self.stage_index += 1
-        if self.lora is not None:
-            self.lora.begin_stage(persist=cfg.lora_persist)
+        if self.lora is not None and (c2w is None or len(c2w) != n):
+            raise ValueError("vsd needs the N camera-to-world matrices of the views (c2w)")
 
         latents = []
         for i in range(0, n, cfg.encode_batch_size):
@@ -170,8 +169,6 @@ class SRStage:
             raise ValueError(f"LR images {tuple(self.lr_images.shape)} must be (N, 3, h, w) with (h, w) = the latent "
                              f"grid {tuple(self.z_r.shape[-2:])} (HR size / {prior.scale})")
         if self.lora is not None:
-            if c2w is None or len(c2w) != n:
-                raise ValueError("vsd needs the N camera-to-world matrices of the views (c2w)")
             self.cameras = self.lora.encode_cameras(c2w.detach().float().cpu()).to(self.device)
         elif c2w is not None:
             center, scale = camera_normalization(c2w.detach().float().cpu())
@@ -184,6 +181,9 @@ class SRStage:
                                            eps=cfg.latent_eps, weight_decay=cfg.latent_weight_decay)
         self.patch_hw = patch_size_for(tuple(self.z_r.shape[-2:]), cfg.patch_size, cfg.patch_multiple)
         self.text = prior.text_embeddings() if prior.uses_text else None
+        self.stage_index += 1
+        if self.lora is not None:
+            self.lora.begin_stage(persist=cfg.lora_persist)
         self._cursor = 0
         self._step = 0
         self.num_steps = int(num_steps)
