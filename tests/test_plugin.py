@@ -17,6 +17,8 @@ HEAVY = ("diffusers", "peft", "transformers")
 
 def _run(args, timeout=300):
     env = dict(os.environ, COLUMNS="200")
+    if args[0].startswith("ns-"):
+        args = [str(Path(sys.executable).parent / args[0]), *args[1:]]  # the launchers of this environment
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
