@@ -38,7 +38,13 @@ from vsdsr_nerfstudio.model import VsdSrModelConfig
 from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
 from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
 from vsdsr_nerfstudio.sr_datamanager import SRDataManager, SRDataManagerConfig
-from vsdsr_nerfstudio.sr_state import adopt_stage_file, latest_stage_file, load_stage_state, save_stage_state
+from vsdsr_nerfstudio.sr_state import (
+    adopt_stage_file,
+    latest_stage_file,
+    load_stage_state,
+    save_json_atomic,
+    save_stage_state,
+)
 
 OOM_FIELDS = (
     "--pipeline.stage.batch-size, --pipeline.stage.patch-size, --pipeline.prior.vae-tile-size and "
@@ -109,6 +115,11 @@ class _SRRuntime:
     force_stage: bool = False
     status: str = "pretraining (LR)"
     timings: Dict[str, float] = field(default_factory=dict)
+    phase_name: str = "pretrain"
+    phase_start: float = 0.0
+    phase_start_step: int = 0
+    phases: List[Dict[str, Any]] = field(default_factory=list)
+    final_step: int = 0
 
 
 class I3DSPipeline(VanillaPipeline):
@@ -171,7 +182,34 @@ class I3DSPipeline(VanillaPipeline):
         callbacks.append(
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_train_iteration)
         )
+        callbacks.append(
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_train_iteration)
+        )
         return callbacks
+
+    # ------------------------------------------------------------------------------------------- phase timing
+    def _start_phase(self, name: str, step: int) -> None:
+        self.sr.phase_name, self.sr.phase_start, self.sr.phase_start_step = name, time.perf_counter(), step
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def _end_phase(self, step: int) -> None:
+        """Record the phase that ends before NeRF step ``step`` (wall time, NeRF steps, peak GPU memory) and
+        write all phases so far to ``<run>/sr_state/phase_times.json``."""
+        seconds = time.perf_counter() - self.sr.phase_start
+        entry: Dict[str, Any] = {"phase": self.sr.phase_name, "seconds": round(seconds, 3),
+                                 "nerf_steps": step - self.sr.phase_start_step}
+        if torch.cuda.is_available():
+            entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        self.sr.phases.append(entry)
+        CONSOLE.print(f"I3DS phase {entry}")
+        run_dir = self._run_dir()
+        if run_dir is not None:
+            save_json_atomic(run_dir / "sr_state" / "phase_times.json", self.sr.phases)
+
+    def _after_train_iteration(self, step: int) -> None:
+        if step + 1 == self.sr.final_step:
+            self._end_phase(step + 1)
 
     def _run_dir(self) -> Optional[Path]:
         trainer = self.sr.trainer
@@ -180,6 +218,7 @@ class I3DSPipeline(VanillaPipeline):
     def _init_schedule(self, step: int) -> None:
         trainer = self.sr.trainer
         final_step = step + (trainer.config.max_num_iterations if trainer is not None else 0)
+        self.sr.final_step = final_step
         c = self.config
         self.sr.stage_steps = upscaling_stage_steps(c.pretrain_steps, c.sync_steps, c.num_cycles, final_step)
         if c.sr_enabled and len(self.sr.stage_steps) < c.num_cycles:
@@ -189,6 +228,7 @@ class I3DSPipeline(VanillaPipeline):
                 f"{c.pretrain_steps + c.num_cycles * c.sync_steps} for all of them.[/yellow]"
             )
         self._restore_sr_state()
+        self._start_phase("pretrain" if self.sr.last_stage_step < 0 else f"sync {self.sr.cycles_done}", step)
 
     def _restore_sr_state(self) -> None:
         """On ``--load-dir``/``--load-checkpoint``: restore the newest complete upscaling stage of that run."""
@@ -287,6 +327,8 @@ class I3DSPipeline(VanillaPipeline):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         cycle = self.sr.cycles_done + 1
+        self._end_phase(step)
+        self._start_phase(f"upscale {cycle}", step)
         timings: Dict[str, float] = {}
         try:
             t0 = time.perf_counter()
@@ -339,6 +381,8 @@ class I3DSPipeline(VanillaPipeline):
         self._log_stage(cycle, step, renders, images, timings)
         if self.config.offload_prior:
             _move_prior(self.sr.prior, torch.device("cpu"))
+        self._end_phase(step)
+        self._start_phase(f"sync {cycle}", step)
         self._set_status(f"sync after stage {cycle}")
 
     def _save_stage(self, cycle: int, step: int) -> None:

@@ -13,6 +13,7 @@ redone on resume. Files hold only tensors, numbers and strings, so they load wit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -66,6 +67,11 @@ def latest_stage_file(run_dir: Path) -> Optional[Path]:
             return candidate
     stages = sorted(folder.glob("stage_[0-9][0-9][0-9].pt"))
     return stages[-1] if stages else None
+
+
+def save_json_atomic(path: Path, payload: Any) -> None:
+    """Atomically write ``payload`` as JSON (e.g. the per-phase timings of a run)."""
+    _atomic_write(Path(path), lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
 
 
 def load_stage_state(path: Path) -> Dict[str, Any]:
