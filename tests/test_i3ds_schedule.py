@@ -24,3 +24,43 @@ def test_no_cycles_and_bad_values():
         upscaling_stage_steps(-1, 10, 1, final_step=100)
     with pytest.raises(ValueError):
         upscaling_stage_steps(10, 0, 1, final_step=100)
+
+
+def test_viewer_frustums_show_the_rewritten_views():
+    """After a stage, each training-camera frustum is redrawn (same pose) with the new HR picture."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from nerfstudio.cameras.cameras import Cameras
+
+    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
+
+    calls = []
+
+    class FakeHandle:
+        def __init__(self, **kwargs):
+            self.kwargs, self.wxyz, self.position, self.clicks = kwargs, np.array([1.0, 0, 0, 0]), np.zeros(3), []
+
+        def on_click(self, callback):
+            self.clicks.append(callback)
+
+    class FakeScene:
+        def add_camera_frustum(self, **kwargs):
+            calls.append(kwargs)
+            return FakeHandle(**kwargs)
+
+    cameras = Cameras(camera_to_worlds=torch.eye(4)[:3].repeat(2, 1, 1), fx=20.0, fy=20.0, cx=16.0, cy=12.0,
+                      width=32, height=24)
+    handles = {0: FakeHandle(), 1: FakeHandle()}
+    viewer = SimpleNamespace(camera_handles=handles, viser_server=SimpleNamespace(scene=FakeScene()),
+                             config=SimpleNamespace(camera_frustum_scale=0.1))
+    fake = SimpleNamespace(sr=SimpleNamespace(trainer=SimpleNamespace(viewer_state=viewer)),
+                           datamanager=SimpleNamespace(train_dataset=SimpleNamespace(cameras=cameras)))
+    images = torch.zeros(2, 3, 96, 128)
+    images[1] = 1.0
+    I3DSPipeline._refresh_viewer_frustums(fake, images)
+    assert [c["name"] for c in calls] == ["/cameras/camera_00000", "/cameras/camera_00001"]
+    assert calls[1]["image"].shape == (100, 133, 3) and calls[1]["image"].min() == 255
+    assert calls[0]["image"].max() == 0
+    assert handles[1].kwargs["name"] == "/cameras/camera_00001" and handles[1].clicks

@@ -379,11 +379,38 @@ class I3DSPipeline(VanillaPipeline):
         self._save_stage(cycle, step)
         timings["write_and_save"] = time.perf_counter() - t0
         self._log_stage(cycle, step, renders, images, timings)
+        self._refresh_viewer_frustums(images)
         if self.config.offload_prior:
             _move_prior(self.sr.prior, torch.device("cpu"))
         self._end_phase(step)
         self._start_phase(f"sync {cycle}", step)
         self._set_status(f"sync after stage {cycle}")
+
+    def _refresh_viewer_frustums(self, images: Float[Tensor, "N 3 H W"]) -> None:
+        """Show the rewritten HR views on the viewer's training-camera frustums (same pose, new picture)."""
+        viewer = getattr(self.sr.trainer, "viewer_state", None)
+        handles = getattr(viewer, "camera_handles", None)
+        if not handles:
+            return
+        cameras = self.datamanager.train_dataset.cameras
+        try:
+            for index, old in list(handles.items()):
+                h, w = images.shape[-2:]  # 100 px high, as nerfstudio draws them
+                size = (100, max(1, round(100 * w / h)))
+                picture = torch.nn.functional.interpolate(images[index : index + 1], size=size, mode="area")
+                picture = (picture[0].permute(1, 2, 0).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+                camera = cameras[index]
+                new = viewer.viser_server.scene.add_camera_frustum(
+                    name=f"/cameras/camera_{index:05d}",
+                    fov=float(2 * torch.arctan(camera.cx / camera.fx[0]).item()),
+                    aspect=float((camera.cx[0] / camera.cy[0]).item()),
+                    scale=viewer.config.camera_frustum_scale,
+                    image=picture, wxyz=old.wxyz, position=old.position,
+                )
+                new.on_click(_frustum_click_callback(viewer, index))
+                handles[index] = new
+        except Exception as error:  # the viewer is a convenience: never let it stop training
+            CONSOLE.print(f"[yellow]Could not refresh the viewer's camera images: {error}[/yellow]")
 
     def _save_stage(self, cycle: int, step: int) -> None:
         run_dir = self._run_dir()
@@ -411,6 +438,18 @@ class I3DSPipeline(VanillaPipeline):
             pair = torch.cat([renders[index], images[index]], dim=-1).permute(1, 2, 0)
             writer.put_image(name=f"SR stage/view {index:03d} before | after", image=pair, step=step)
         self.sr.timings = timings
+
+
+def _frustum_click_callback(viewer: Any, index: int):
+    """Clicking a frustum moves the client camera to it (what nerfstudio's viewer does for its frustums)."""
+
+    def callback(event: Any) -> None:
+        with event.client.atomic():
+            event.client.camera.position = event.target.position
+            event.client.camera.wxyz = event.target.wxyz
+            viewer.current_camera_idx = index
+
+    return callback
 
 
 def _move_prior(prior: Any, device: torch.device) -> None:
