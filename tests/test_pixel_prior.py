@@ -134,7 +134,7 @@ def test_base_config_size_and_attention_layout():
     from vsdsr_nerfstudio.sr.pixel_prior import PIXEL_UNET_PRESETS, param_count_report
 
     report = param_count_report("base")
-    assert report["parameters"] == 8_707_312 and report["fp16_megabytes"] < 20.0
+    assert report["parameters"] == 7_759_024 and report["fp16_mib"] < 16.0  # one file back from a device run
     with torch.device("meta"):
         unet = UNet2DConditionModel(**PIXEL_UNET_PRESETS["base"])
     attns = [m for m in unet.modules() if isinstance(m, Attention)]
