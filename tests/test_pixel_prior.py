@@ -295,6 +295,11 @@ def test_trainer_loss_decreases_exports_and_resumes(trained):
     state = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
     assert state["step"] == TRAIN_STEPS + 5 and state["samples_seen"] == (TRAIN_STEPS + 5) * 16
 
+    # --init-from: a new run warm-started from an exported model folder (weights + EMA; fresh optimiser)
+    warm = train(_train_config(cfg.images, out.parent / "warm", TRAIN_STEPS + 7, init_from=out / "model"))
+    assert warm.start_step == TRAIN_STEPS + 5 and warm.step == TRAIN_STEPS + 7
+    assert sum(warm.losses) / 2 < 0.9 * first  # starts from the trained weights, not from scratch
+
 
 def test_trainer_time_budget_stops_and_saves(tmp_path):
     from vsdsr_nerfstudio import prior_training
