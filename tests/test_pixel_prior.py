@@ -384,6 +384,11 @@ def test_ddim_upscale_tiling_and_cli(prior, tmp_path):
     assert whole.shape == (1, 3, 48, 40) and torch.equal(whole, same)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all() and 0 <= tiled.min() and tiled.max() <= 1
 
+    # generic over SRPrior: the (tiny) SD x4 prior with text CFG and its VAE
+    sd = SRPriorConfig(prior="tiny").setup(device="cpu")
+    sd_out = ddim_upscale(sd, lr[..., :8, :8], steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert sd_out.shape == (1, 3, 32, 32) and torch.isfinite(sd_out).all()
+
     save_rgb(lr[0], tmp_path / "in.png")
     out = upscale(UpscaleConfig(image=tmp_path / "in.png", output=tmp_path / "out.png", prior="pixel-tiny",
                                 steps=2, device="cpu"))
