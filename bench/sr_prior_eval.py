@@ -77,7 +77,8 @@ class EvalConfig:
     lpips: bool = True
     """Compute LPIPS (skipped automatically if it cannot be built)."""
     lpips_weights: Optional[Path] = None
-    """Weights file for ``build_lpips`` (None: its default)."""
+    """LPIPS-alex ``.npz`` for ``build_lpips`` (None: ``../shared/metrics/lpips_alex_features.npz`` beside the
+    checkout if present, else torchvision's download)."""
     niqe: bool = True
     """Compute NIQE (skipped automatically if the module is missing)."""
     json: Optional[Path] = None

@@ -172,7 +172,8 @@ class PriorTrainConfig:
     val_noise_level: int = 20
     """LR noise level of the validation samples."""
     lpips_weights: Optional[Path] = None
-    """Weights file passed to ``build_lpips`` (None: its default); LPIPS is skipped if it cannot be built."""
+    """LPIPS-alex ``.npz`` for ``build_lpips`` (None: ``../shared/metrics/lpips_alex_features.npz`` beside the
+    checkout if present, else torchvision's download); LPIPS is skipped if it cannot be built."""
     save_every_minutes: float = 3.0
     """Save the checkpoint and export the model this often (and at the end)."""
     log_every: int = 50
@@ -345,9 +346,16 @@ def psnr(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"], border: int =
     return (10.0 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
 
 
+DEFAULT_LPIPS_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "metrics" / "lpips_alex_features.npz"
+"""LPIPS-alex weights used when none are given and this file exists (the workspace's shared copy, offline)."""
+
+
 def try_build_lpips(weights: Optional[Path] = None) -> Optional[Callable[[Tensor, Tensor], float]]:
     """``(a, b) -> mean LPIPS`` of images in [0, 1] via ``vsdsr_nerfstudio.metrics.lpips.build_lpips`` if that
-    module exists and builds (offline weights); ``None`` otherwise (the caller skips LPIPS)."""
+    module exists and builds (``weights``, else :data:`DEFAULT_LPIPS_WEIGHTS` if present, else torchmetrics'
+    default download); ``None`` otherwise (the caller skips LPIPS)."""
+    if weights is None and DEFAULT_LPIPS_WEIGHTS.is_file():
+        weights = DEFAULT_LPIPS_WEIGHTS
     try:
         from vsdsr_nerfstudio.metrics.lpips import build_lpips  # type: ignore[import-not-found]
     except ImportError:
