@@ -7,6 +7,10 @@
 set -euo pipefail
 data=${1:?data folder}; out=${2:?output folder}
 P=${3:-500}; K=${4:-60}; S=${5:-300}; C=${6:-2}
+data=$(realpath "$data"); mkdir -p "$out"; out=$(realpath "$out")
+# Run outside the repository: its vsdsr_nerfstudio/ folder would shadow the installed package, whose
+# vsdsr_nerfstudio.method_configs comes from the top-level method_configs/ folder.
+cd /tmp
 python3 -m nerfstudio.scripts.train vsd-sr --data "$data" --output-dir "$out" --vis tensorboard \
   --pipeline.prior.prior sd-x4-random \
   --pipeline.pretrain-steps "$P" --pipeline.upscale-steps "$K" --pipeline.sync-steps "$S" \

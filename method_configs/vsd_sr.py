@@ -68,7 +68,7 @@ def vsd_sr_config() -> TrainerConfig:
             num_cycles=cycles,
         ),
         optimizers=nerf_optimizers(),
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 13),
         vis="viewer",
     )
 

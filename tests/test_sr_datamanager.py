@@ -50,6 +50,9 @@ def test_lr_then_hr_training(scene):
     expected = hr[idx[:, 0], idx[:, 1], idx[:, 2]]
     assert torch.allclose(batch["image"], expected, atol=1 / 255 / 2 + 1e-6)  # uint8 storage
     assert ray_bundle.origins.shape == (64, 3)
+    generator = dm.train_ray_generator
+    assert any(module is generator for module in dm.modules()), "datamanager.to(device) must move the generator"
+    assert generator.image_coords.device == torch.device(dm.device)
 
 
 def test_write_errors_and_state_roundtrip(scene):

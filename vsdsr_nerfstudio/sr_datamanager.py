@@ -149,7 +149,9 @@ class SRDataManager(VanillaDataManager):
         )
         self._hr = _from_float(_bicubic_upsample(self._lr_images, self.config.sr_scale), dtype).to(buffer_device)
         self._written = torch.zeros(n, dtype=torch.bool)
-        self.train_ray_generator = RayGenerator(self.hr_cameras().to(self.device))
+        # RayGenerator keeps its pixel grid in a parameter built on the CPU: move the module, not just the cameras
+        # (the original one was moved by the pipeline's datamanager.to(device)).
+        self.train_ray_generator = RayGenerator(self.hr_cameras().to(self.device)).to(self.device)
 
     def write_view(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
         """Replace training view ``index`` by an HR image in [0, 1] of size ``hr_size``."""
