@@ -330,6 +330,10 @@ class I3DSPipeline(VanillaPipeline):
         self._end_phase(step)
         self._start_phase(f"upscale {cycle}", step)
         timings: Dict[str, float] = {}
+        # ns-train turns on cudnn.benchmark; its first-time autotuning of the VAE/UNet convolutions took a
+        # transient 66 GiB on fern (stage 1 only). The stage's shapes are few and fixed: use the default heuristics.
+        cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
         try:
             t0 = time.perf_counter()
             self._set_status(f"stage {cycle}: loading prior")
@@ -371,6 +375,8 @@ class I3DSPipeline(VanillaPipeline):
                 f"GPU out of memory in upscaling stage {cycle}. Lower {OOM_FIELDS} (or keep "
                 f"--pipeline.offload-prior True), then resume with --load-dir. Original error: {error}"
             ) from error
+        finally:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
 
         t0 = time.perf_counter()
         self.datamanager.write_views(images.permute(0, 2, 3, 1))
