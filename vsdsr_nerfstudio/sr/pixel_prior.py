@@ -54,6 +54,9 @@ from vsdsr_nerfstudio.sr.prior_config import (
     is_pixel_prior_folder,
     resolve_dtype,
 )
+from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
+from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
 
 __all__ = [
     "DEFAULT_SAMPLE_NOISE_LEVEL",
@@ -199,33 +202,9 @@ def pixel_decode(latents: Float[Tensor, "B C h w"], scale: int = SCALE, clamp: b
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class _AddToOutput:
-    """Forward hook adding ``self.extra`` (when set) to a module's output; holds no reference to the prior."""
-
-    def __init__(self) -> None:
-        self.extra: Optional[Tensor] = None
-
-    def __call__(self, module: nn.Module, args: Any, output: Tensor) -> Tensor:
-        if self.extra is None:
-            return output
-        return output + self.extra.to(output.dtype)
 
 
-def _randn(shape: Tuple[int, ...], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
-    """Standard normal float32 noise on ``device``, drawn with ``generator`` on the generator's own device."""
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=torch.float32)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
 
-
-def _as_batch(values: Union[int, Tensor], batch: int, device: torch.device) -> Tensor:
-    """An int, a 0-d tensor or a ``(B,)`` tensor -> a ``(B,)`` int64 tensor on ``device``."""
-    values = torch.as_tensor(values, device=device).long().reshape(-1)
-    if values.numel() == 1 and batch != 1:
-        values = values.expand(batch)
-    if values.numel() != batch:
-        raise ValueError(f"Expected {batch} values, got {values.numel()}.")
-    return values
 
 
 def _pixel_load_error(folder: Union[str, Path], what: str, cause: Optional[BaseException] = None) -> PriorLoadError:

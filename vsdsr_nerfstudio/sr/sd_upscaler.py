@@ -35,6 +35,9 @@ from vsdsr_nerfstudio.sr.prior_config import (
     prior_load_error_message,
     resolve_dtype,
 )
+from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
+from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
 from vsdsr_nerfstudio.sr.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
 from vsdsr_nerfstudio.sr.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
 from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode, vae_downscale
@@ -254,18 +257,6 @@ def save_tiny_prior(folder: Union[str, Path], seed: int = 0) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _AddToOutput:
-    """Forward hook that adds ``self.extra`` (when set) to a module's output. Holds no reference to the prior, so
-    deep-copying the UNet copies only this small object."""
-
-    def __init__(self) -> None:
-        self.extra: Optional[Tensor] = None
-
-    def __call__(self, module: nn.Module, args: Any, output: Tensor) -> Tensor:
-        if self.extra is None:
-            return output
-        return output + self.extra.to(output.dtype)
-
 
 def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Move ``module`` to ``device``, casting only if its dtype differs (avoids diffusers' cast warning)."""
@@ -274,21 +265,8 @@ def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modul
     return module.to(device=device)
 
 
-def _randn(shape: Tuple[int, ...], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
-    """Standard normal float32 noise on ``device``, drawn with ``generator`` on the generator's own device."""
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=torch.float32)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
 
 
-def _as_batch(values: Union[int, Tensor], batch: int, device: torch.device) -> Tensor:
-    """An int, a 0-d tensor or a ``(B,)`` tensor -> a ``(B,)`` int64 tensor on ``device``."""
-    values = torch.as_tensor(values, device=device).long().reshape(-1)
-    if values.numel() == 1 and batch != 1:
-        values = values.expand(batch)
-    if values.numel() != batch:
-        raise ValueError(f"Expected {batch} values, got {values.numel()}.")
-    return values
 
 
 class SDUpscalerPrior(SRPrior):
