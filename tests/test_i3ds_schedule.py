@@ -64,3 +64,13 @@ def test_viewer_frustums_show_the_rewritten_views():
     assert calls[1]["image"].shape == (100, 133, 3) and calls[1]["image"].min() == 255
     assert calls[0]["image"].max() == 0
     assert handles[1].kwargs["name"] == "/cameras/camera_00001" and handles[1].clicks
+
+
+def test_missing_local_prior_folder_fails_before_training(tmp_path):
+    from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig, check_prior_source
+
+    with pytest.raises(PriorLoadError, match="model-path"):
+        check_prior_source(SRPriorConfig(model_path=str(tmp_path / "no-such-folder")))
+    check_prior_source(SRPriorConfig(model_path=str(tmp_path)))  # exists: fine (loading is checked later)
+    check_prior_source(SRPriorConfig())  # a hub id: can only be checked by loading
+    check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder")))

@@ -35,7 +35,7 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, View
 from torch import Tensor
 
 from vsdsr_nerfstudio.model import VsdSrModelConfig
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
+from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, check_prior_source
 from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
 from vsdsr_nerfstudio.sr_datamanager import SRDataManager, SRDataManagerConfig
 from vsdsr_nerfstudio.sr_state import (
@@ -227,6 +227,8 @@ class I3DSPipeline(VanillaPipeline):
                 f"(P={c.pretrain_steps}, S={c.sync_steps}, until step {final_step}); raise --max-num-iterations to "
                 f"{c.pretrain_steps + c.num_cycles * c.sync_steps} for all of them.[/yellow]"
             )
+        if c.sr_enabled and self.sr.stage_steps:
+            check_prior_source(c.prior)  # a missing local prior folder fails now, not after P steps
         self._restore_sr_state()
         self._start_phase("pretrain" if self.sr.last_stage_step < 0 else f"sync {self.sr.cycles_done}", step)
 

@@ -112,6 +112,15 @@ def looks_like_local_path(model_path: str) -> bool:
     return model_path.count("/") > 1
 
 
+def check_prior_source(config: "SRPriorConfig") -> None:
+    """Cheap check at the start of training (before hours of LR pretraining): a local folder given as
+    ``model_path`` for the SD x4 upscaler must exist. Raises :class:`PriorLoadError` with the usual message."""
+    if config.prior != "sd-x4-upscaler" or not looks_like_local_path(config.model_path):
+        return
+    if not Path(config.model_path).expanduser().is_dir():
+        raise PriorLoadError(prior_load_error_message(config.model_path, "the local folder does not exist"))
+
+
 def resolve_dtype(name: DtypeName, device: Union[str, torch.device]) -> torch.dtype:
     """``"bf16"|"fp16"|"fp32"`` -> torch dtype; always float32 on a CPU (half-precision convs are slow or missing)."""
     if torch.device(device).type == "cpu":
