@@ -56,6 +56,7 @@ from vsdsr_nerfstudio.sr.prior_config import (
 )
 from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.prior_utils import denoise_with_class_offset, noise_lr_images
 from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
 
 __all__ = [
@@ -368,13 +369,7 @@ class PixelSpacePrior(SRPrior):
     ) -> Float[Tensor, "B 3 h w"]:
         """``sqrt(a_k) (2y - 1) + sqrt(1 - a_k) eta`` with the low-res schedule (as the SD x4 pipeline); per-sample
         levels, an int broadcasts; levels outside ``[0, max_noise_level]`` raise."""
-        y = lr_images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
-        k = _as_batch(noise_level, y.shape[0], self.device)
-        if bool((k < 0).any()) or bool((k > self.max_noise_level).any()):
-            raise ValueError(f"noise_level must be in [0, {self.max_noise_level}], got {k.tolist()}.")
-        a = self.low_res_alphas_cumprod[k].view(-1, 1, 1, 1)
-        eta = _randn(tuple(y.shape), generator, self.device)
-        return a**0.5 * y + (1 - a) ** 0.5 * eta
+        return noise_lr_images(lr_images, noise_level, self.low_res_alphas_cumprod, self.max_noise_level, generator)
 
     def text_embeddings(self) -> None:
         """No text conditioning: always ``None`` (``uses_text`` is False)."""
@@ -401,15 +396,8 @@ class PixelSpacePrior(SRPrior):
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         timesteps = _as_batch(t, batch, self.device)
         labels = _as_batch(noise_level, batch, self.device)
-        if extra_class_embedding is not None:
-            if extra_class_embedding.shape[-1] != self.class_embedding_dim:
-                raise ValueError(f"extra_class_embedding has width {extra_class_embedding.shape[-1]}, "
-                                 f"expected {self.class_embedding_dim}.")
-            self._class_hook.extra = extra_class_embedding.to(self.device)
-        try:
-            out = self.denoiser(x, timesteps, encoder_hidden_states=None, class_labels=labels, return_dict=False)[0]
-        finally:
-            self._class_hook.extra = None
+        out = denoise_with_class_offset(self.denoiser, self._class_hook, x, timesteps, labels, None,
+                                        extra_class_embedding, self.class_embedding_dim)
         return out[..., :h, :w].float()
 
     # ---- helpers -----------------------------------------------------------------------------------------------

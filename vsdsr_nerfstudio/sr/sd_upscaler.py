@@ -37,6 +37,7 @@ from vsdsr_nerfstudio.sr.prior_config import (
 )
 from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.prior_utils import denoise_with_class_offset, noise_lr_images
 from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
 from vsdsr_nerfstudio.sr.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
 from vsdsr_nerfstudio.sr.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
@@ -388,13 +389,7 @@ class SDUpscalerPrior(SRPrior):
         """``sqrt(a_k) (2y - 1) + sqrt(1 - a_k) eta`` with the low-res scheduler's ``alphas_cumprod``, as
         ``low_res_scheduler.add_noise`` in the diffusers upscale pipeline; per-sample ``noise_level`` (an int
         broadcasts). Levels above ``max_noise_level`` raise, like the pipeline."""
-        y = lr_images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
-        k = _as_batch(noise_level, y.shape[0], self.device)
-        if bool((k < 0).any()) or bool((k > self.max_noise_level).any()):
-            raise ValueError(f"noise_level must be in [0, {self.max_noise_level}], got {k.tolist()}.")
-        a = self.low_res_alphas_cumprod[k].view(-1, 1, 1, 1)
-        eta = _randn(tuple(y.shape), generator, self.device)
-        return a**0.5 * y + (1 - a) ** 0.5 * eta
+        return noise_lr_images(lr_images, noise_level, self.low_res_alphas_cumprod, self.max_noise_level, generator)
 
     def predict(
         self,
@@ -417,17 +412,8 @@ class SDUpscalerPrior(SRPrior):
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] == 1 and batch != 1:
             emb = emb.expand(batch, -1, -1)
-        if extra_class_embedding is not None:
-            if extra_class_embedding.shape[-1] != self.class_embedding_dim:
-                raise ValueError(
-                    f"extra_class_embedding has width {extra_class_embedding.shape[-1]}, "
-                    f"expected {self.class_embedding_dim}."
-                )
-            self._class_hook.extra = extra_class_embedding.to(self.device)
-        try:
-            out = self.denoiser(x, timesteps, encoder_hidden_states=emb, class_labels=labels, return_dict=False)[0]
-        finally:
-            self._class_hook.extra = None
+        out = denoise_with_class_offset(self.denoiser, self._class_hook, x, timesteps, labels, emb,
+                                        extra_class_embedding, self.class_embedding_dim)
         return out.float()
 
     # ---- helpers -------------------------------------------------------------------------------------------
