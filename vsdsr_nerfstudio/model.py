@@ -7,29 +7,26 @@ Differences from nerfstudio's Nerfacto, and why:
   come out shifted against the real images (seen on fern: 15.9 dB vs 25.6 dB for bicubic of the real LR view).
   Between the LR and HR stages of I3DS a pose change would also corrupt the super-resolved training targets.
 - **Finer hash grid** (``max_res`` 4096, as DiSR-NeRF) so the finest level can resolve the 4x images.
-- **LPIPS built lazily** at the first evaluation, from a local weights file if given, and kept out of the module
-  tree (so out of checkpoints). Nerfacto builds it in ``populate_modules``, which downloads AlexNet: with no
-  network, training would fail before it starts. Without weights and network, LPIPS is skipped with one warning.
-- **NIQE** (no-reference, BasicSR-compatible) is reported with PSNR/SSIM/LPIPS on every eval image.
+- **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.metrics.offline_eval`, shared with the Instant-NGP model of
+  `vsd-sr-ngp`): LPIPS built lazily at the first evaluation from a local weights file if given, kept out of the
+  module tree (Nerfacto builds it in ``populate_modules``, which downloads AlexNet: with no network, training would
+  fail before it starts; without weights and network LPIPS is skipped with one warning), and **NIQE** (no-reference,
+  BasicSR-compatible) reported with PSNR/SSIM/LPIPS on every eval image.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, Iterator, Literal, Optional, Tuple, Type
+from typing import Type
 
-import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
-from torch import Tensor
 
-from vsdsr_nerfstudio.metrics.lazy_lpips import LazyLPIPS
+from vsdsr_nerfstudio.metrics.offline_eval import OfflineEvalConfig, OfflineEvalMixin
 
 
 @dataclass
-class VsdSrModelConfig(NerfactoModelConfig):
+class VsdSrModelConfig(OfflineEvalConfig, NerfactoModelConfig):
     """Nerfacto for 4x super-resolution: camera optimiser off, finer hash grid, offline HR metrics."""
 
     _target: Type = field(default_factory=lambda: VsdSrModel)
@@ -44,50 +41,9 @@ class VsdSrModelConfig(NerfactoModelConfig):
     """Camera pose optimiser. Off by default: held-out views are rendered from the dataset poses, and optimised
     train poses shift the scene against them; a pose change between the LR and HR stages also corrupts the SR
     targets. Turn it on only if your poses are poor, and expect held-out metrics to drop."""
-    lpips_weights: Optional[Path] = None
-    """Local LPIPS-AlexNet weights (.npz with torchvision ``features.*`` and LPIPS ``lin*`` heads, as in
-    shared/metrics/lpips_alex_features.npz). None: torchvision's cached/downloaded AlexNet; if that cannot be had
-    (no network), LPIPS is skipped with a warning and the other metrics are still reported."""
-    niqe_channel: Literal["y", "gray"] = "y"
-    """Channel NIQE is computed on: BT.601 luma ``y`` (BasicSR's default) or ``gray`` (OpenCV BGR2GRAY)."""
 
 
-@contextlib.contextmanager
-def _no_lpips_download() -> Iterator[None]:
-    """Let Nerfacto's ``populate_modules`` run without building its LPIPS network (which downloads AlexNet).
-
-    Nerfacto imports ``LearnedPerceptualImagePatchSimilarity`` inside ``populate_modules``; for the duration of
-    that call the class is replaced by a no-op. Our model then replaces ``self.lpips`` with :class:`LazyLPIPS`.
-    """
-    import torchmetrics.image.lpip as lpip_module
-
-    original = lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = lambda *args, **kwargs: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = original
-
-
-class VsdSrModel(NerfactoModel):
+class VsdSrModel(OfflineEvalMixin, NerfactoModel):
     """Nerfacto whose evaluation works offline at the HR eval resolution and reports NIQE."""
 
     config: VsdSrModelConfig
-
-    def populate_modules(self) -> None:
-        with _no_lpips_download():
-            super().populate_modules()
-        # Not an nn.Module: stays out of state_dict and checkpoints; built at the first evaluation.
-        self.lpips = LazyLPIPS(self.config.lpips_weights)
-
-    def get_image_metrics_and_images(
-        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
-    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        metrics, images = super().get_image_metrics_and_images(outputs, batch)
-        if not self.lpips.available:
-            metrics.pop("lpips", None)
-        from vsdsr_nerfstudio.metrics.niqe import calculate_niqe
-
-        rgb = outputs["rgb"].detach().clamp(0.0, 1.0)
-        metrics["niqe"] = float(calculate_niqe(torch.moveaxis(rgb, -1, 0), convert_to=self.config.niqe_channel))
-        return metrics, images
