@@ -14,14 +14,27 @@ The diffusion prior loads lazily at the first upscaling stage, lives outside the
 ``state_dict`` and checkpoints) and can be moved to the CPU during sync stages. After every upscaling stage the HR
 images and SR state are written atomically to ``<run>/sr_state/`` (see :mod:`vsdsr_nerfstudio.sr_state`);
 ``--load-dir`` resumes from the newest complete stage.
+
+What the pipeline needs from the NeRF (any nerfstudio model; `vsd-sr` uses Nerfacto, `vsd-sr-ngp` Instant-NGP):
+``get_outputs_for_camera_ray_bundle(bundle)["rgb"]`` for the 4x renders, and nothing model-specific beyond three
+optional hooks, each looked up with a guard so that a model without it works:
+
+- ``model.config.check_runtime(device)`` (on the model *config*): raise a clear error when the model cannot run on
+  ``device``; called before any data is loaded (Instant-NGP: nerfacc needs CUDA). See :func:`check_model_runtime`.
+- ``model.config.camera_optimizer`` / ``model.camera_optimizer``: applied once to each 4x render when present and
+  not ``"off"`` (Nerfacto has one, off by default; Instant-NGP has none). See :func:`model_camera_optimizer`.
+- ``model.field.embedding_appearance`` / ``use_average_appearance_embedding`` (nerfstudio's ``NerfactoField``, used
+  by both): the 4x renders use the mean per-image appearance embedding, whatever the model renders eval images
+  with. See :func:`average_appearance`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type
+from typing import Any, Dict, Iterator, List, Literal, Optional, Type, Union
 
 import torch
 from jaxtyping import Float
@@ -52,6 +65,40 @@ OOM_FIELDS = (
 )
 
 
+def check_model_runtime(model_config: Any, device: Union[str, torch.device]) -> None:
+    """Hook: call ``model_config.check_runtime(device)`` if the model config defines it (the Instant-NGP config
+    raises when nerfacc's CUDA kernels cannot run), so an unusable model fails before any data is loaded."""
+    check = getattr(model_config, "check_runtime", None)
+    if callable(check):
+        check(device)
+
+
+def model_camera_optimizer(model: Any) -> Optional[Any]:
+    """Hook: the model's camera optimiser if it has one and it is on (Nerfacto's, when enabled); None for a model
+    without one (nerfstudio 1.1.5's Instant-NGP) or with it off."""
+    optimizer_config = getattr(getattr(model, "config", None), "camera_optimizer", None)
+    if optimizer_config is None or getattr(optimizer_config, "mode", "off") == "off":
+        return None
+    return getattr(model, "camera_optimizer", None)
+
+
+@contextlib.contextmanager
+def average_appearance(model: Any) -> Iterator[None]:
+    """Hook: while rendering, a field with per-image appearance embeddings (``NerfactoField``: Nerfacto and
+    Instant-NGP) uses their mean in eval mode, not zeros (an embedding that was never trained). No-op for a model
+    whose field has no such embedding."""
+    field_ = getattr(model, "field", None)
+    if getattr(field_, "embedding_appearance", None) is None or not hasattr(field_, "use_average_appearance_embedding"):
+        yield
+        return
+    saved = field_.use_average_appearance_embedding
+    field_.use_average_appearance_embedding = True
+    try:
+        yield
+    finally:
+        field_.use_average_appearance_embedding = saved
+
+
 def upscaling_stage_steps(pretrain_steps: int, sync_steps: int, num_cycles: int, final_step: int) -> List[int]:
     """NeRF steps before which upscaling stages run: P + (c-1)*S for the cycles whose sync ends by ``final_step``."""
     if pretrain_steps < 0 or sync_steps < 1 or num_cycles < 0:
@@ -73,7 +120,7 @@ class I3DSPipelineConfig(VanillaPipelineConfig):
     datamanager: DataManagerConfig = field(default_factory=SRDataManagerConfig)
     """Datamanager: LR originals plus the rewritable HR training buffer."""
     model: ModelConfig = field(default_factory=VsdSrModelConfig)
-    """The NeRF being super-resolved."""
+    """The NeRF being super-resolved: Nerfacto (`vsd-sr` and its schedules) or Instant-NGP (`vsd-sr-ngp`, CUDA)."""
     prior: SRPriorConfig = field(default_factory=SRPriorConfig)
     """The x4 diffusion prior (loaded at the first upscaling stage, never saved in checkpoints)."""
     stage: SRStageConfig = field(default_factory=SRStageConfig)
@@ -130,6 +177,7 @@ class I3DSPipeline(VanillaPipeline):
 
     def __init__(self, config: I3DSPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
                  world_size: int = 1, local_rank: int = 0, grad_scaler: Optional[torch.cuda.amp.GradScaler] = None):
+        check_model_runtime(config.model, device)  # before the data: e.g. Instant-NGP without CUDA stops here
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.sr = _SRRuntime()
         self._build_viewer_elements()
@@ -295,17 +343,20 @@ class I3DSPipeline(VanillaPipeline):
     @torch.no_grad()
     def render_train_views_hr(self) -> Float[Tensor, "N 3 H W"]:
         """Render every training view at the HR resolution in eval mode, with its real camera index (the
-        optimised pose, if the camera optimiser is on, applied once; the average appearance embedding)."""
+        optimised pose, if the model has a camera optimiser and it is on, applied once; the average appearance
+        embedding, if the model's field has per-image embeddings)."""
         cameras = self.datamanager.hr_cameras().to(self.device)
+        camera_optimizer = model_camera_optimizer(self.model)
         was_training = self.model.training
         self.model.eval()
         renders = []
         try:
             for index in range(len(cameras)):
                 bundle = cameras.generate_rays(camera_indices=index, keep_shape=True)
-                if self.model.config.camera_optimizer.mode != "off":  # type: ignore[attr-defined]
-                    self.model.camera_optimizer.apply_to_raybundle(bundle)  # type: ignore[attr-defined]
-                rgb = self.model.get_outputs_for_camera_ray_bundle(bundle)["rgb"]
+                if camera_optimizer is not None:
+                    camera_optimizer.apply_to_raybundle(bundle)
+                with average_appearance(self.model):
+                    rgb = self.model.get_outputs_for_camera_ray_bundle(bundle)["rgb"]
                 renders.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
                 self._yield_lock()
         finally:
