@@ -11,6 +11,8 @@ Read this file as the method's card: every value that differs from nerfstudio's 
 
 from __future__ import annotations
 
+from typing import Tuple
+
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -25,14 +27,15 @@ from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
 from vsdsr_nerfstudio.sr_datamanager import SRDataManagerConfig
 
 
-def nerf_optimizers(max_steps: int = 200_000) -> dict:
-    """Nerfacto's optimiser groups (Adam 1e-2, exponential decay). No camera group: the optimiser is off."""
+def nerf_optimizers(max_steps: int = 200_000, groups: Tuple[str, ...] = ("proposal_networks", "fields")) -> dict:
+    """Nerfacto's optimiser groups (Adam 1e-2, exponential decay); Instant-NGP has only ``fields``, with the same
+    settings. No camera group: the optimiser is off."""
     return {
         group: {
             "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=max_steps),
         }
-        for group in ("proposal_networks", "fields")
+        for group in groups
     }
 
 

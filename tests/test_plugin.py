@@ -11,12 +11,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vsdsr_nerfstudio"
 PRESETS = Path(__file__).resolve().parents[1] / "method_configs"
-METHODS = {"vsd-sr", "vsd-sr-tiny", "vsd-sr-paper", "vsd-sr-disr"}
+METHODS = {"vsd-sr", "vsd-sr-tiny", "vsd-sr-paper", "vsd-sr-disr", "vsd-sr-ngp"}
+NERFACTO_METHODS = METHODS - {"vsd-sr-ngp"}
 HEAVY = ("diffusers", "peft", "transformers")
 
 
-def _run(args, timeout=300):
-    env = dict(os.environ, COLUMNS="200")
+def _run(args, timeout=300, columns=200):
+    env = dict(os.environ, COLUMNS=str(columns))
     if args[0].startswith("ns-"):
         args = [str(Path(sys.executable).parent / args[0]), *args[1:]]  # the launchers of this environment
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
@@ -29,7 +30,8 @@ def test_entry_points_registered():
 
 
 def test_entry_points_load_without_heavy_packages():
-    """Every ns-* command imports our entry points: they must not pull in diffusers/peft/transformers."""
+    """Every ns-* command imports our entry points: they must not pull in diffusers/peft/transformers, nor start
+    nerfacc's CUDA build (``nerfacc.cuda._backend`` compiles its kernels when imported)."""
     code = (
         "import sys\n"
         "from importlib.metadata import entry_points\n"
@@ -40,6 +42,7 @@ def test_entry_points_load_without_heavy_packages():
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print('HEAVY', heavy)\n"
         "assert not heavy, heavy\n"
+        "assert 'nerfacc.cuda._backend' not in sys.modules\n"
     )
     result = _run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -52,12 +55,26 @@ def test_ns_train_help_lists_methods():
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(NERFACTO_METHODS))
 def test_ns_train_method_help(method):
     result = _run(["ns-train", method, "--help"])
     assert result.returncode == 0, result.stderr
     assert "Camera pose optimiser" in result.stdout
     assert "lpips-weights" in result.stdout
+
+
+def test_ns_train_ngp_help_lists_our_fields():
+    result = _run(["ns-train", "vsd-sr-ngp", "--help"], columns=100)  # one column of help boxes
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())  # undo tyro's line wrapping
+    assert "Instant-NGP" in text and "CUDA" in text  # the preset's description
+    for option in ("lpips-weights", "niqe-channel", "max-res", "log2-hashmap-size", "use-appearance-embedding",
+                   "use-average-appearance-embedding", "eval-num-rays-per-chunk"):
+        assert f"--pipeline.model.{option}" in text, option
+    assert "(default: 4096)" in text and "(default: 21)" in text
+    assert "Finest hash-grid resolution" in text and "Local LPIPS-AlexNet weights" in text
+    assert "reads this flag inverted" in text
+    assert "camera-optimizer" not in text, "nerfstudio 1.1.5's Instant-NGP has no camera optimiser"
 
 
 def _undocumented_fields(path: Path):
