@@ -92,6 +92,18 @@ def test_preset_is_vsd_sr_with_the_ngp_model():
     assert config.max_num_iterations == base.max_num_iterations
 
 
+def test_preset_config_yml_round_trip():
+    """ns-train saves config.yml and ns-eval/ns-render load it: the model config must survive (no nerfacc needed)."""
+    import yaml
+
+    from vsdsr_nerfstudio.method_configs.vsd_sr_ngp import vsd_sr_ngp_config
+
+    config = vsd_sr_ngp_config()
+    loaded = yaml.load(yaml.dump(config), Loader=yaml.Loader)
+    assert type(loaded.pipeline.model) is VsdSrNGPModelConfig and loaded.pipeline.model == config.pipeline.model
+    assert loaded.pipeline.model._target is ngp_model.VsdSrNGPModel
+
+
 # ----------------------------------------------------------------------------------------------- the model
 def test_model_builds_offline_without_lpips_download(no_cuda_check, no_lpips_download):
     model = _build(_tiny_ngp())
