@@ -329,7 +329,7 @@ def test_failed_nerfacc_build_prints_the_fix(fresh_check, tmp_path):
     fresh_check.setattr(torch.cuda, "is_available", lambda: True)
     fresh_check.setattr(nerfacc_cuda, "_build_dir", lambda: str(tmp_path / "build"))
     fresh_check.setattr(nerfacc_cuda, "_jit_build_blocked_by_cuda13", lambda scan: (False, "13.0"))
-    log = "Error building extension 'nerfacc_cuda': scan.cu(29): error: namespace \"cub\" has no member \"Equality\""
+    log = 'Error building extension \'nerfacc_cuda\': scan.cu(29): error: namespace "cub" has no member "Equality"'
 
     def failing_build():
         raise RuntimeError(log)

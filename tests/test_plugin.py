@@ -68,8 +68,15 @@ def test_ns_train_ngp_help_lists_our_fields():
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.replace("│", " ").split())  # undo tyro's line wrapping
     assert "Instant-NGP" in text and "CUDA" in text  # the preset's description
-    for option in ("lpips-weights", "niqe-channel", "max-res", "log2-hashmap-size", "use-appearance-embedding",
-                   "use-average-appearance-embedding", "eval-num-rays-per-chunk"):
+    for option in (
+        "lpips-weights",
+        "niqe-channel",
+        "max-res",
+        "log2-hashmap-size",
+        "use-appearance-embedding",
+        "use-average-appearance-embedding",
+        "eval-num-rays-per-chunk",
+    ):
         assert f"--pipeline.model.{option}" in text, option
     assert "(default: 4096)" in text and "(default: 21)" in text
     assert "Finest hash-grid resolution" in text and "Local LPIPS-AlexNet weights" in text

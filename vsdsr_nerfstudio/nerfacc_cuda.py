@@ -71,9 +71,14 @@ def require_nerfacc_cuda(device: Optional[Union[str, torch.device]] = None) -> N
         log = str(error)
         raise NerfaccCudaError(
             f"{COMPONENT}: nerfacc could not build or load its CUDA kernels (JIT compilation with nvcc {nvcc}). "
-            + ("The compiler log below mentions cub::Equality: " if "Equality" in log else "If the compiler log "
-               "mentions cub::Equality (CUDA >= 13): ")
-            + SCAN_FIX.format(scan=scan, build_dir=build_dir) + " " + ALTERNATIVE
+            + (
+                "The compiler log below mentions cub::Equality: "
+                if "Equality" in log
+                else "If the compiler log mentions cub::Equality (CUDA >= 13): "
+            )
+            + SCAN_FIX.format(scan=scan, build_dir=build_dir)
+            + " "
+            + ALTERNATIVE
             + f"\nBuild error ({type(error).__name__}), last lines:\n{log[-3000:]}"
         ) from error
     if kernels is None:
