@@ -185,10 +185,11 @@ def test_embedded_without_shipped_weights_raises(monkeypatch, tmp_path):
     with pytest.raises(PriorLoadError) as info:
         SRPriorConfig(prior="embedded").setup(device="cpu")
     msg = str(info.value)
-    assert "not shipped yet" in msg and "vsdsr-train-prior" in msg and "model_path" in msg and "pixel-tiny" in msg
+    assert "weights are missing" in msg and "reinstall" in msg
+    assert "vsdsr-train-prior" in msg and "model_path" in msg and "pixel-tiny" in msg
     if not (SHIPPED / "pixel_prior.json").is_file():  # the package as it is now
         monkeypatch.undo()
-        with pytest.raises(PriorLoadError, match="not shipped yet"):
+        with pytest.raises(PriorLoadError, match="weights are missing"):
             SRPriorConfig(prior="embedded").setup(device="cpu")
 
 

@@ -475,7 +475,7 @@ def save_pixel_prior(
 def build_pixel_prior(config: SRPriorConfig, device: Union[str, torch.device] = "cpu") -> PixelSpacePrior:
     """The ``_target`` path of :class:`SRPriorConfig` for pixel priors: ``pixel-tiny`` (seeded random),
     a ``model_path`` folder with ``pixel_prior.json``, or ``embedded`` (the package's shipped weights; a
-    :class:`PriorLoadError` saying how to train them while they are not shipped)."""
+    :class:`PriorLoadError` saying how to get them back or train them when they are missing)."""
     device = torch.device(device)
     dtype = resolve_dtype(config.unet_dtype, device)
     if config.prior == "pixel-tiny":

@@ -55,11 +55,12 @@ def is_pixel_prior_folder(model_path: Union[str, Path]) -> bool:
 
 
 def embedded_prior_missing_message(folder: Union[str, Path]) -> str:
-    """Wording of the :class:`PriorLoadError` for ``prior="embedded"`` when the package ships no weights."""
+    """Wording of the :class:`PriorLoadError` for ``prior="embedded"`` when the shipped weights are missing."""
     return (
-        f"The embedded pixel-space x4 prior is not shipped yet: {str(folder)!r} has no {PIXEL_PRIOR_CONFIG_NAME}.\n"
-        "Train one with `vsdsr-train-prior --images /path/to/photos --output /path/to/run` (see "
-        "docs/embedded_prior.md), then either copy /path/to/run/model/* into that folder, or set "
+        f"The embedded pixel-space x4 prior's weights are missing: {str(folder)!r} has no {PIXEL_PRIOR_CONFIG_NAME}.\n"
+        "The package ships them there: reinstall it (`pip install --force-reinstall --no-deps vsdsr_nerfstudio`, or "
+        "from the source tree).\nOr train your own with `vsdsr-train-prior --images /path/to/photos --output "
+        "/path/to/run` (see docs/embedded_prior.md), then either copy /path/to/run/model/* into that folder, or set "
         f"`{MODEL_PATH_FIELD}` to the trained folder, e.g. `--pipeline.prior.model-path /path/to/run/model`.\n"
         "For tests and CPU runs without any weights use `prior=\"pixel-tiny\"` (or the SD-architecture `tiny`)."
     )
