@@ -196,7 +196,7 @@ def test_embedded_without_shipped_weights_raises(monkeypatch, tmp_path):
 def test_sd_load_error_names_the_embedded_prior(tmp_path):
     with pytest.raises(PriorLoadError) as info:
         SRPriorConfig(model_path=str(tmp_path / "missing")).setup(device="cpu")
-    assert "--pipeline.prior.prior embedded" in str(info.value)
+    assert "vsd-sr-embedded" in str(info.value)
 
 
 @pytest.mark.skipif(not (SHIPPED / "pixel_prior.json").is_file(),

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vsdsr_nerfstudio"
 PRESETS = Path(__file__).resolve().parents[1] / "method_configs"
-METHODS = {"vsd-sr", "vsd-sr-tiny", "vsd-sr-paper", "vsd-sr-disr", "vsd-sr-ngp"}
+METHODS = {"vsd-sr", "vsd-sr-tiny", "vsd-sr-paper", "vsd-sr-disr", "vsd-sr-ngp", "vsd-sr-embedded"}
 NERFACTO_METHODS = METHODS - {"vsd-sr-ngp"}
 HEAVY = ("diffusers", "peft", "transformers")
 

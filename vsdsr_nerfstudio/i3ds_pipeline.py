@@ -48,8 +48,8 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, View
 from torch import Tensor
 
 from vsdsr_nerfstudio.model import VsdSrModelConfig
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, check_prior_source
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, check_prior_source, uses_pixel_prior
+from vsdsr_nerfstudio.sr.stage_config import SRStageConfig, pixel_prior_vsd_problem
 from vsdsr_nerfstudio.sr_datamanager import SRDataManager, SRDataManagerConfig
 from vsdsr_nerfstudio.sr_state import (
     adopt_stage_file,
@@ -97,6 +97,17 @@ def average_appearance(model: Any) -> Iterator[None]:
         yield
     finally:
         field_.use_average_appearance_embedding = saved
+
+
+def warn_unstable_stage_settings(config: "I3DSPipelineConfig") -> Optional[str]:
+    """Warn (once, at setup) when the stage settings are known to wreck the views with this prior; returns the
+    message, or None. The run goes on: the settings may be deliberate (an ablation)."""
+    problem = None
+    if config.sr_enabled and uses_pixel_prior(config.prior):
+        problem = pixel_prior_vsd_problem(config.stage)
+    if problem:
+        CONSOLE.print(f"[bold yellow]Warning:[/bold yellow] {problem}")
+    return problem
 
 
 def upscaling_stage_steps(pretrain_steps: int, sync_steps: int, num_cycles: int, final_step: int) -> List[int]:
@@ -178,6 +189,7 @@ class I3DSPipeline(VanillaPipeline):
     def __init__(self, config: I3DSPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
                  world_size: int = 1, local_rank: int = 0, grad_scaler: Optional[torch.cuda.amp.GradScaler] = None):
         check_model_runtime(config.model, device)  # before the data: e.g. Instant-NGP without CUDA stops here
+        warn_unstable_stage_settings(config)
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.sr = _SRRuntime()
         self._build_viewer_elements()

@@ -54,6 +54,14 @@ def is_pixel_prior_folder(model_path: Union[str, Path]) -> bool:
         return False
 
 
+def uses_pixel_prior(config: "SRPriorConfig") -> bool:
+    """True if ``config`` sets up the pixel-space prior (``embedded``, ``pixel-tiny``, or an ``sd-x4-upscaler``
+    ``model_path`` that is a pixel-prior folder) rather than the Stable Diffusion x4 upscaler."""
+    return config.prior in PIXEL_PRIOR_NAMES or (
+        config.prior == "sd-x4-upscaler" and is_pixel_prior_folder(config.model_path)
+    )
+
+
 def embedded_prior_missing_message(folder: Union[str, Path]) -> str:
     """Wording of the :class:`PriorLoadError` for ``prior="embedded"`` when the shipped weights are missing."""
     return (
@@ -92,7 +100,7 @@ def prior_load_error_message(model_path: str, tried: str, cause: Optional[BaseEx
         "`--pipeline.prior.model-path /path/to/stable-diffusion-x4-upscaler`, or make the Hugging Face hub "
         "reachable (and unset HF_HUB_OFFLINE / local_files_only) so the weights can be downloaded once.",
         "Offline alternative without any download: the pixel-space prior embedded in the package, "
-        "`--pipeline.prior.prior embedded` (docs/embedded_prior.md).",
+        "`ns-train vsd-sr-embedded` (its stage settings are tuned for it; docs/embedded_prior.md).",
         "For tests and CPU runs without any weights use the `tiny` preset (`prior=\"tiny\"`); for GPU benchmarks "
         "with the real architecture and random weights use `prior=\"sd-x4-random\"`.",
     ]
@@ -137,9 +145,7 @@ class LazySDUpscalerPrior:
     ``PixelSpacePrior`` (``sr/pixel_prior.py``) instead."""
 
     def __new__(cls, config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":  # type: ignore[misc]
-        if config.prior in PIXEL_PRIOR_NAMES or (
-            config.prior == "sd-x4-upscaler" and is_pixel_prior_folder(config.model_path)
-        ):
+        if uses_pixel_prior(config):
             from vsdsr_nerfstudio.sr.pixel_prior import build_pixel_prior
 
             return build_pixel_prior(config, **kwargs)

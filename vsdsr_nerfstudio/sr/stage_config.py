@@ -115,3 +115,37 @@ class SRStageConfig(InstantiateConfig):
     def setup(self, prior: "SRPrior", **kwargs: Any) -> "SRStage":  # type: ignore[override]
         """Build the stage optimiser on ``prior`` (imports ``sr.stage``; injects the LoRA for ``vsd``)."""
         return self._target(self, prior=prior, **kwargs)
+
+
+PIXEL_PRIOR_VSD_LATENT_LR = 1e-3
+"""Largest latent learning rate at which VSD on the pixel-space prior stays stable (measured on fern, K = 1000:
+bench/results/fern_sr_diagnose.json, docs/embedded_prior.md "On fern")."""
+PIXEL_PRIOR_VSD_T_MIN = 0.02
+"""t_min of VSD on the pixel-space prior: in pixel space the fine detail is only visible to the prior at small t."""
+
+
+def pixel_prior_stage_settings(config: SRStageConfig) -> SRStageConfig:
+    """``config`` with the VSD settings measured to work on the pixel-space (embedded) prior: latent lr 1e-3 and
+    t down to 0.02 (the ``vsd-sr-embedded`` preset). RSD and SDS keep their settings."""
+    from dataclasses import replace
+
+    if config.guidance != "vsd":
+        return config
+    return replace(config, latent_lr=PIXEL_PRIOR_VSD_LATENT_LR, t_min=PIXEL_PRIOR_VSD_T_MIN)
+
+
+def pixel_prior_vsd_problem(config: SRStageConfig) -> Optional[str]:
+    """Why ``config`` is unsafe for VSD on the pixel-space prior, or ``None``.
+
+    The SD-tuned latent lr (1e-2) is fine in the SD upscaler's VAE latent space, but the pixel prior's latent is the
+    image itself: Adam's sign-like steps follow the small, noisy VSD gradient at high t with full-size steps and
+    write saturated high-frequency noise into the views (fern, K = 400: PSNR 16.2 dB against bicubic's 25.6, the
+    views' own LR consistency 18.6 dB; 3e-3 still drifts at K = 1000)."""
+    if config.guidance != "vsd" or config.latent_lr <= PIXEL_PRIOR_VSD_LATENT_LR * (1 + 1e-9):
+        return None
+    return (
+        f"VSD on the pixel-space (embedded) prior with --pipeline.stage.latent-lr {config.latent_lr:g} drifts into "
+        "high-frequency noise (on fern: 16 dB PSNR per view at 1e-2; docs/embedded_prior.md, 'On fern'). Use the "
+        f"`vsd-sr-embedded` preset, or --pipeline.stage.latent-lr {PIXEL_PRIOR_VSD_LATENT_LR:g} "
+        f"--pipeline.stage.t-min {PIXEL_PRIOR_VSD_T_MIN:g}."
+    )

@@ -1,0 +1,79 @@
+"""The `vsd-sr-embedded` preset and the warning for VSD settings that wreck views on the pixel-space prior.
+
+The numbers behind the settings come from bench/fern_sr_diagnose.py on the GPU (docs/embedded_prior.md, "On fern");
+these tests pin the configuration logic, not the image quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vsdsr_nerfstudio.i3ds_pipeline import warn_unstable_stage_settings
+from vsdsr_nerfstudio.method_configs.vsd_sr import vsd_sr_config
+from vsdsr_nerfstudio.method_configs.vsd_sr_embedded import vsd_sr_embedded_config
+from vsdsr_nerfstudio.sr.prior_config import PIXEL_PRIOR_CONFIG_NAME, SRPriorConfig, uses_pixel_prior
+from vsdsr_nerfstudio.sr.stage_config import (
+    PIXEL_PRIOR_VSD_LATENT_LR,
+    PIXEL_PRIOR_VSD_T_MIN,
+    SRStageConfig,
+    pixel_prior_stage_settings,
+    pixel_prior_vsd_problem,
+)
+
+
+def test_preset_uses_the_embedded_prior_with_the_measured_vsd_settings():
+    config = vsd_sr_embedded_config()
+    default = vsd_sr_config()
+    assert config.method_name == "vsd-sr-embedded"
+    assert config.pipeline.prior.prior == "embedded" and uses_pixel_prior(config.pipeline.prior)
+    stage = config.pipeline.stage
+    assert stage.guidance == "vsd"
+    assert stage.latent_lr == PIXEL_PRIOR_VSD_LATENT_LR == 1e-3
+    assert stage.t_min == PIXEL_PRIOR_VSD_T_MIN == 0.02
+    # everything else is the default preset's
+    changed = {f.name for f in dataclasses.fields(SRStageConfig)
+               if getattr(stage, f.name) != getattr(default.pipeline.stage, f.name)}
+    assert changed == {"latent_lr", "t_min"}
+    for name in ("pretrain_steps", "upscale_steps", "sync_steps", "num_cycles"):
+        assert getattr(config.pipeline, name) == getattr(default.pipeline, name)
+    assert config.max_num_iterations == default.max_num_iterations
+    assert warn_unstable_stage_settings(config.pipeline) is None
+
+
+def test_vsd_with_sd_settings_on_the_embedded_prior_warns_with_the_fix(capsys):
+    config = vsd_sr_config().pipeline
+    assert warn_unstable_stage_settings(config) is None  # SD x4 upscaler: its own settings
+    config.prior.prior = "embedded"
+    message = warn_unstable_stage_settings(config)
+    assert message is not None
+    for needle in ("vsd-sr-embedded", "--pipeline.stage.latent-lr 0.001", "--pipeline.stage.t-min 0.02",
+                   "latent-lr 0.01", "docs/embedded_prior.md"):
+        assert needle in message
+    assert "vsd-sr-embedded" in capsys.readouterr().out  # printed on the shared console
+    config.sr_enabled = False
+    assert warn_unstable_stage_settings(config) is None
+
+
+@pytest.mark.parametrize("guidance", ["rsd", "sds"])
+def test_rsd_and_sds_are_left_alone(guidance):
+    stage = SRStageConfig(guidance=guidance)
+    assert pixel_prior_vsd_problem(stage) is None
+    assert pixel_prior_stage_settings(stage) == stage
+
+
+def test_threshold_is_inclusive_and_settings_fix_the_problem():
+    assert pixel_prior_vsd_problem(SRStageConfig(latent_lr=1e-3)) is None
+    assert pixel_prior_vsd_problem(SRStageConfig(latent_lr=3e-3)) is not None
+    fixed = pixel_prior_stage_settings(SRStageConfig())
+    assert pixel_prior_vsd_problem(fixed) is None
+    assert SRStageConfig().latent_lr == 1e-2  # the SD default itself is untouched
+
+
+def test_pixel_prior_detected_from_a_model_path_folder(tmp_path):
+    assert not uses_pixel_prior(SRPriorConfig(model_path=str(tmp_path)))
+    (tmp_path / PIXEL_PRIOR_CONFIG_NAME).write_text("{}")
+    assert uses_pixel_prior(SRPriorConfig(model_path=str(tmp_path)))
+    assert uses_pixel_prior(SRPriorConfig(prior="pixel-tiny"))
+    assert not uses_pixel_prior(SRPriorConfig(prior="tiny"))
