@@ -8,15 +8,19 @@
 #                                           # trained and ns-eval'd; bench/sr_prior_eval.py on the test photos
 #
 # Carried (ignored folders): .whl/ (wheelhouse + our wheel), .gpudata/fern/ (poses_bounds.npy, images_8, images_2),
-# build/metrics/lpips_alex_features.npz, build/sr_test/ (eval only). PRIOR_DIR: the pixel-prior folder
-# (default /tmp/prun/model, the export of bench/gpu_train_prior.sh on the same machine).
+# build/metrics/lpips_alex_features.npz, build/sr_test/ (eval only). METHOD: the preset (default vsd-sr-embedded,
+# the stage settings measured for this prior; the 2026-11-24 row in docs/benchmarks.md used METHOD=vsd-sr, i.e. the
+# SD settings). PRIOR_DIR: a pixel-prior folder (default: the weights shipped in the package; the 2026-11-24 run
+# used /tmp/prun/model, the export of bench/gpu_train_prior.sh on the same machine, since shipped as they are).
 set -uo pipefail
 phase=${1:?train or eval}
 [ -d /tmp/site/nerfstudio ] || { . bench/gpu_setup.sh || exit 1; }
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 repo=$PWD
 lpips=$repo/build/metrics/lpips_alex_features.npz
-prior=${PRIOR_DIR:-/tmp/prun/model}
+prior_args=(--pipeline.prior.prior embedded)
+[ -n "${PRIOR_DIR:-}" ] && prior_args+=(--pipeline.prior.model-path "$PRIOR_DIR")
+export METHOD=${METHOD:-vsd-sr-embedded}
 P=2000; K=400; S=1200; C=1
 
 ns_eval() {  # config search root, output json
@@ -27,7 +31,7 @@ ns_eval() {  # config search root, output json
 if [ "$phase" = train ]; then
   nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
   timeout 560 bash bench/gpu_fern_i3ds.sh .gpudata/fern /tmp/fern_sr $P $K $S $C \
-    --pipeline.prior.prior embedded --pipeline.prior.model-path "$prior" --pipeline.model.lpips-weights "$lpips" \
+    "${prior_args[@]}" --pipeline.model.lpips-weights "$lpips" \
     2>&1 | grep -v '━' | grep -v '^\s*$' | tail -n 40
   find /tmp/fern_sr -name phase_times.json -exec cp {} "$OUT/" \;
   find /tmp/fern_sr -name phase_times.json -exec cat {} \;
@@ -38,7 +42,7 @@ elif [ "$phase" = eval ]; then
       > /tmp/fern_base.log 2>&1; echo "no-SR training exit $?"
     ns_eval /tmp/fern_base "$OUT/fern_nosr_eval.json" ) &
   ( ns_eval /tmp/fern_sr "$OUT/fern_sr_eval.json" ) &
-  ( timeout 420 python3 bench/sr_prior_eval.py --model-path "$prior" --data build/sr_test --steps 20 \
+  ( timeout 420 python3 bench/sr_prior_eval.py ${PRIOR_DIR:+--model-path "$PRIOR_DIR"} --data build/sr_test --steps 20 \
       --lpips-weights "$lpips" --json "$OUT/prior_eval.json" 2>&1 | grep -v '━' | tail -n 12 ) &
   wait
   grep -v '━' /tmp/fern_base.log | tail -n 3

@@ -5,7 +5,7 @@
 # <run>/sr_state/phase_times.json, per-step costs from the stage logs.
 # Usage (repo root, after `. bench/gpu_setup.sh`): bash bench/gpu_fern_i3ds.sh DATA OUT [P K S C [ns-train args...]]
 # Extra arguments (e.g. `--pipeline.prior.prior embedded --pipeline.prior.model-path DIR`) go to ns-train before
-# the dataparser; they override the random-weights prior below.
+# the dataparser; they override the random-weights prior below. METHOD picks the preset (default vsd-sr).
 set -euo pipefail
 data=${1:?data folder}; out=${2:?output folder}
 P=${3:-500}; K=${4:-60}; S=${5:-300}; C=${6:-2}
@@ -14,7 +14,7 @@ data=$(realpath "$data"); mkdir -p "$out"; out=$(realpath "$out")
 # Run outside the repository: its vsdsr_nerfstudio/ folder would shadow the installed package, whose
 # vsdsr_nerfstudio.method_configs comes from the top-level method_configs/ folder.
 cd /tmp
-python3 -m nerfstudio.scripts.train vsd-sr --data "$data" --output-dir "$out" --vis tensorboard \
+python3 -m nerfstudio.scripts.train "${METHOD:-vsd-sr}" --data "$data" --output-dir "$out" --vis tensorboard \
   --pipeline.prior.prior sd-x4-random \
   --pipeline.pretrain-steps "$P" --pipeline.upscale-steps "$K" --pipeline.sync-steps "$S" \
   --pipeline.num-cycles "$C" --max-num-iterations $((P + C * S)) --steps-per-save 100000 "$@" \
