@@ -1,9 +1,9 @@
 """A real kill in the middle of an upscaling stage, then `--load-dir`: only that stage is redone.
 
-ns-train vsd-sr-tiny on a generated LLFF scene (CPU, tiny random prior) with long stages (rendering the 4 views at 4x, then K=20 tiny SR steps: seconds) so
-the kill lands inside stage 2: the process group gets SIGKILL once the run reports the end of sync stage 1 (the
-line printed when stage 2 starts). The resumed run must restore stage 1 from its state file, redo stage 2 only and
-finish the schedule.
+ns-train vsd-sr-tiny on a generated LLFF scene (CPU, tiny random prior). Stage 2 takes seconds (rendering the 4
+views at 4x, then K=20 tiny SR steps), so a SIGKILL to the process group one second after the run reports the end
+of sync stage 1 (the line printed when stage 2 starts) lands inside stage 2. The resumed run must restore stage 1
+from its state file, redo stage 2 only and finish the schedule.
 """
 
 from __future__ import annotations

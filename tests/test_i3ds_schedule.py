@@ -74,3 +74,42 @@ def test_missing_local_prior_folder_fails_before_training(tmp_path):
     check_prior_source(SRPriorConfig(model_path=str(tmp_path)))  # exists: fine (loading is checked later)
     check_prior_source(SRPriorConfig())  # a hub id: can only be checked by loading
     check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder")))
+
+
+def test_viewer_gets_the_train_lock_between_chunks_of_a_stage():
+    """During a stage the trainer's callback holds ``train_lock`` (the viewer renders under it); the pipeline
+    releases it between chunks of work, so a waiting viewer render gets in, and takes it back afterwards."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
+
+    def run_stage(viewer_state):
+        lock = threading.Lock()
+        trainer = SimpleNamespace(train_lock=lock, viewer_state=viewer_state)
+        fake = SimpleNamespace(sr=SimpleNamespace(trainer=trainer))
+        renders, stop = [], threading.Event()
+
+        def viewer_thread():
+            while not stop.is_set():
+                if lock.acquire(timeout=0.05):
+                    if not stop.is_set():  # a render during the stage, not after it
+                        renders.append(time.perf_counter())
+                    lock.release()
+                    time.sleep(0.002)
+
+        lock.acquire()  # the trainer holds it while it runs callbacks
+        thread = threading.Thread(target=viewer_thread, daemon=True)
+        thread.start()
+        for _ in range(50):  # 50 chunks of stage work
+            time.sleep(0.002)
+            I3DSPipeline._yield_lock(fake)
+            assert lock.locked()  # back in the trainer's hands after every chunk
+        stop.set()
+        lock.release()
+        thread.join(timeout=5)
+        return len(renders)
+
+    assert run_stage(viewer_state=object()) > 0, "the viewer never got the lock during the stage"
+    assert run_stage(viewer_state=None) == 0  # no viewer (ns-train --vis tensorboard): nothing to yield to
