@@ -96,6 +96,25 @@ def test_checkpoint_holds_sr_state(runs):
     assert not any(key.startswith(("sr.", "prior", "lpips")) for key in state["pipeline"]), "diffusion/LPIPS leaked"
 
 
+def test_tensorboard_has_before_after_images_and_stage_timings(runs):
+    """Per upscaling stage: before | after images of a few views and the stage's timings, in the run's
+    tensorboard events (vsd-sr-tiny logs to tensorboard)."""
+    for run in (runs["a"], runs["b"]):
+        events = sorted(run.rglob("events.out.tfevents.*"))
+        assert events, f"no tensorboard events in {run}"
+        data = b"".join(p.read_bytes() for p in events)
+        for tag in ("SR stage/view 000 before | after", "SR stage/view 002 before | after", "SR stage/render (s)",
+                    "SR stage/sr_steps (s)", "SR stage/decode (s)"):
+            assert tag.encode() in data, f"{tag!r} missing from {run}'s tensorboard events"
+        assert b"SR stage/view 003 before | after" not in data  # log_num_views = 3 of the 4 views
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(runs["b"]), size_guidance={"images": 0})
+    accumulator.Reload()
+    image = accumulator.Images("SR stage/view 000 before | after")[-1]
+    assert image.step == 30 and (image.width, image.height) == (2 * HR_HW[1], HR_HW[0])  # render | SR, side by side
+
+
 def test_ns_eval_reports_four_metrics_at_hr(runs):
     out = runs["root"] / "eval.json"
     _run(["ns-eval", "--load-config", str(runs["b"] / "config.yml"), "--output-path", str(out)], cwd=runs["root"])

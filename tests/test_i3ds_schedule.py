@@ -113,3 +113,41 @@ def test_viewer_gets_the_train_lock_between_chunks_of_a_stage():
 
     assert run_stage(viewer_state=object()) > 0, "the viewer never got the lock during the stage"
     assert run_stage(viewer_state=None) == 0  # no viewer (ns-train --vis tensorboard): nothing to yield to
+
+
+def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
+    """A CUDA OOM inside an upscaling stage becomes an error that says which fields to lower and how to resume;
+    cudnn.benchmark (turned off for the stage) is restored."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vsdsr_nerfstudio.i3ds_pipeline import OOM_FIELDS, I3DSPipeline
+
+    class OOMStage:
+        def begin(self, *args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    cameras = SimpleNamespace(camera_to_worlds=torch.eye(4)[:3].repeat(2, 1, 1))
+    fake = SimpleNamespace(
+        sr=SimpleNamespace(cycles_done=1, stage=OOMStage()),
+        config=SimpleNamespace(upscale_steps=5, steps_per_chunk=1),
+        datamanager=SimpleNamespace(num_train_views=2, lr_images_chw=lambda: torch.zeros(2, 3, 4, 4),
+                                    hr_cameras=lambda: cameras),
+        _end_phase=lambda step: None, _start_phase=lambda name, step: None, _set_status=lambda status: None,
+        _load_prior=lambda: None, render_train_views_hr=lambda: torch.zeros(2, 3, 16, 16),
+    )
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with pytest.raises(RuntimeError) as info:
+            I3DSPipeline.run_upscaling_stage(fake, 4000)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+    message = str(info.value)
+    assert "GPU out of memory in upscaling stage 2" in message
+    assert OOM_FIELDS in message
+    assert "--pipeline.stage.batch-size" in message and "--pipeline.stage.patch-size" in message
+    assert "--load-dir" in message and "Tried to allocate 20.00 GiB" in message
+    assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
