@@ -151,3 +151,59 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
     assert "--pipeline.stage.batch-size" in message and "--pipeline.stage.patch-size" in message
     assert "--load-dir" in message and "Tried to allocate 20.00 GiB" in message
     assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
+    """The viewer's button forces a stage at the next step (even off-schedule or paused), the checkbox pauses due
+    stages, and the sliders write the CFG scales into the stage config the SR stage reads at every step."""
+    from types import SimpleNamespace
+
+    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
+    from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+
+    stages = []
+    config = SimpleNamespace(sr_enabled=True, stage=SRStageConfig())
+    fake = SimpleNamespace(
+        config=config,
+        sr=SimpleNamespace(schedule_ready=True, stage_steps=[100], last_stage_step=-1, force_stage=False),
+        viewer_guidance=SimpleNamespace(value=4.5), viewer_camera_guidance=SimpleNamespace(value=7.0),
+    )
+
+    def run_upscaling_stage(step):
+        stages.append(step)
+        fake.sr.last_stage_step = step
+
+    fake.run_upscaling_stage = run_upscaling_stage
+    step_fn = I3DSPipeline._before_train_iteration
+
+    step_fn(fake, 50)
+    assert stages == []  # nothing due
+    I3DSPipeline._on_pause(fake, SimpleNamespace(value=True))
+    assert config.sr_enabled is False
+    step_fn(fake, 100)
+    assert stages == []  # due, but paused
+    I3DSPipeline._on_pause(fake, SimpleNamespace(value=False))
+    step_fn(fake, 101)
+    assert stages == [101]  # unpaused: the overdue stage runs
+    step_fn(fake, 102)
+    assert stages == [101]  # once
+    I3DSPipeline._on_upscale_now(fake, None)
+    step_fn(fake, 150)
+    assert stages == [101, 150] and fake.sr.force_stage is False  # forced off-schedule, once
+    I3DSPipeline._on_pause(fake, SimpleNamespace(value=True))
+    I3DSPipeline._on_upscale_now(fake, None)
+    step_fn(fake, 160)
+    assert stages == [101, 150, 160]  # the button works while paused
+
+    I3DSPipeline._on_guidance(fake, None)
+    assert config.stage.guidance_scale == 4.5 and config.stage.camera_guidance_scale == 7.0
+
+
+def test_the_sr_stage_reads_the_pipeline_stage_config_object():
+    """The sliders write ``pipeline.config.stage``; the stage must hold that very object, not a copy."""
+    from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
+    from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+
+    stage_config = SRStageConfig(guidance="sds", batch_size=1, patch_size=8)
+    stage = stage_config.setup(prior=SRPriorConfig(prior="tiny").setup(device="cpu"))
+    assert stage.config is stage_config
