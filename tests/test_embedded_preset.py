@@ -7,6 +7,7 @@ these tests pin the configuration logic, not the image quality.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,39 @@ def test_pixel_prior_detected_from_a_model_path_folder(tmp_path):
     assert uses_pixel_prior(SRPriorConfig(model_path=str(tmp_path)))
     assert uses_pixel_prior(SRPriorConfig(prior="pixel-tiny"))
     assert not uses_pixel_prior(SRPriorConfig(prior="tiny"))
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "vsdsr_nerfstudio" / "assets" / "embedded_prior"
+FERN_LR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff" / "fern" / "images_8"
+
+
+@pytest.mark.skipif(not (SHIPPED / "pixel_prior.json").is_file(), reason="the embedded prior's weights are not shipped")
+@pytest.mark.skipif(not FERN_LR.is_dir(), reason="needs ../shared/data/llff/fern/images_8 beside the checkout")
+def test_on_a_fern_crop_sd_settings_drift_and_the_preset_settings_keep_the_lr_photo():
+    """The finding behind the preset, at CPU size (one 32x32 LR crop of fern view 8, one 128 px patch per step):
+    with the SD settings VSD on the shipped prior drifts away from the LR photo it is conditioned on; with
+    ``pixel_prior_stage_settings`` it stays consistent with it (GPU numbers at full size: docs/embedded_prior.md)."""
+    import torch
+
+    from vsdsr_nerfstudio.prior_training import load_rgb_uint8, psnr
+    from vsdsr_nerfstudio.sr.pixel_prior import area_downsample, bicubic_upscale
+
+    torch.manual_seed(0)
+    image = load_rgb_uint8(sorted(FERN_LR.glob("*.png"))[8]).float() / 255.0
+    y0, x0 = (image.shape[1] - 32) // 2, (image.shape[2] - 32) // 2
+    lr = image[None, :, y0:y0 + 32, x0:x0 + 32].contiguous()
+    render = bicubic_upscale(lr).clamp(0, 1)
+    c2w = torch.eye(4)[None, :3]
+
+    def lr_consistency(stage_config: SRStageConfig) -> float:
+        prior = SRPriorConfig(prior="embedded").setup(device="cpu")  # fresh: one LoRA per prior
+        out = stage_config.setup(prior=prior).run(render, lr, c2w, num_steps=150)
+        assert out.shape == render.shape and torch.isfinite(out).all()
+        return float(psnr(area_downsample(out), lr)[0])
+
+    base = SRStageConfig(batch_size=1, patch_size=32)
+    start = float(psnr(area_downsample(render), lr)[0])
+    sd_settings = lr_consistency(base)
+    preset_settings = lr_consistency(pixel_prior_stage_settings(base))
+    assert sd_settings < start - 10.0, (sd_settings, start)  # measured: 15 dB vs 33 dB
+    assert preset_settings > start - 2.0, (preset_settings, start)
