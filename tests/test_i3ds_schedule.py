@@ -72,8 +72,35 @@ def test_missing_local_prior_folder_fails_before_training(tmp_path):
     with pytest.raises(PriorLoadError, match="model-path"):
         check_prior_source(SRPriorConfig(model_path=str(tmp_path / "no-such-folder")))
     check_prior_source(SRPriorConfig(model_path=str(tmp_path)))  # exists: fine (loading is checked later)
-    check_prior_source(SRPriorConfig())  # a hub id: can only be checked by loading
-    check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder")))
+    assert check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder"))) is None
+
+
+def test_uncached_hub_prior_fails_early_when_offline_and_warns_when_online(tmp_path, monkeypatch):
+    """A hub id not in the local Hugging Face cache: with downloads off, loading at the first stage could only fail,
+    so it fails at the start; with downloads on, a warning says the download comes after the LR pretraining."""
+    from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig, check_prior_source
+
+    cache = tmp_path / "hub"
+    config = SRPriorConfig()  # stabilityai/stable-diffusion-x4-upscaler
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PriorLoadError) as info:
+        check_prior_source(config, cache_dir=cache)
+    assert "not in the local Hugging Face cache" in str(info.value) and "vsd-sr-embedded" in str(info.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(PriorLoadError):
+        check_prior_source(SRPriorConfig(local_files_only=True), cache_dir=cache)
+    warning = check_prior_source(config, cache_dir=cache)
+    assert warning is not None and "downloaded" in warning and "vsd-sr-embedded" in warning
+
+    # the cache layout huggingface_hub writes: the id's folder, refs/main -> snapshot with model_index.json
+    repo = cache / ("models--" + config.model_path.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
+    assert check_prior_source(config, cache_dir=cache) is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert check_prior_source(config, cache_dir=cache) is None  # cached: fine offline
 
 
 def test_viewer_gets_the_train_lock_between_chunks_of_a_stage():

@@ -288,7 +288,10 @@ class I3DSPipeline(VanillaPipeline):
                 f"{c.pretrain_steps + c.num_cycles * c.sync_steps} for all of them.[/yellow]"
             )
         if c.sr_enabled and self.sr.stage_steps:
-            check_prior_source(c.prior)  # a missing local prior folder fails now, not after P steps
+            # a missing local prior folder, or uncached weights with downloads off, fail now, not after P steps
+            note = check_prior_source(c.prior)
+            if note:
+                CONSOLE.print(f"[bold yellow]Warning:[/bold yellow] {note}")
         self._restore_sr_state()
         self._start_phase("pretrain" if self.sr.last_stage_step < 0 else f"sync {self.sr.cycles_done}", step)
 

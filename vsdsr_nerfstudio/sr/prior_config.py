@@ -121,13 +121,49 @@ def looks_like_local_path(model_path: str) -> bool:
     return model_path.count("/") > 1
 
 
-def check_prior_source(config: "SRPriorConfig") -> None:
-    """Cheap check at the start of training (before hours of LR pretraining): a local folder given as
-    ``model_path`` for the SD x4 upscaler must exist. Raises :class:`PriorLoadError` with the usual message."""
-    if config.prior != "sd-x4-upscaler" or not looks_like_local_path(config.model_path):
-        return
-    if not Path(config.model_path).expanduser().is_dir():
-        raise PriorLoadError(prior_load_error_message(config.model_path, "the local folder does not exist"))
+def hf_hub_offline_env() -> bool:
+    """True if the ``HF_HUB_OFFLINE`` environment variable turns Hugging Face downloads off (read at call time)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline(config: "SRPriorConfig") -> bool:
+    """True if Hugging Face downloads are off for ``config`` (``HF_HUB_OFFLINE`` or ``local_files_only``)."""
+    return config.local_files_only or hf_hub_offline_env()
+
+
+def check_prior_source(config: "SRPriorConfig", cache_dir: Optional[Union[str, Path]] = None) -> Optional[str]:
+    """Cheap check at the start of training, before hours of LR pretraining (the prior itself loads lazily at the
+    first upscaling stage). For the SD x4 upscaler:
+
+    - a local folder given as ``model_path`` must exist;
+    - a Hugging Face id must be in the local Hugging Face cache (``cache_dir``, default: the hub's) when downloads
+      are off (``HF_HUB_OFFLINE``/``local_files_only``): loading could only fail later;
+
+    both raise :class:`PriorLoadError` with the usual message. A hub id that is not cached while downloads are on
+    returns a warning (the weights will be downloaded at the first stage; an offline machine should stop now).
+    Returns None when there is nothing to say. Never touches the network."""
+    if config.prior != "sd-x4-upscaler":
+        return None
+    if looks_like_local_path(config.model_path):
+        if not Path(config.model_path).expanduser().is_dir():
+            raise PriorLoadError(prior_load_error_message(config.model_path, "the local folder does not exist"))
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return None
+    cached = try_to_load_from_cache(config.model_path, "model_index.json", cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return None
+    if hub_offline(config):
+        raise PriorLoadError(prior_load_error_message(
+            config.model_path, "it is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE or "
+            "local_files_only)"))
+    return (
+        f"The prior {config.model_path!r} is not in the local Hugging Face cache: it will be downloaded (about 2 GB) "
+        "when the first upscaling stage starts, after the LR pretraining. If this machine has no network, stop now "
+        "and use `ns-train vsd-sr-embedded` (no download) or --pipeline.prior.model-path /local/folder."
+    )
 
 
 def resolve_dtype(name: DtypeName, device: Union[str, torch.device]) -> torch.dtype:

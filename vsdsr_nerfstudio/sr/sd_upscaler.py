@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from vsdsr_nerfstudio.sr.prior_base import SRPrior
 from vsdsr_nerfstudio.sr.prior_config import (
     PriorLoadError,
     SRPriorConfig,
+    hf_hub_offline_env,
     looks_like_local_path,
     prior_load_error_message,
     resolve_dtype,
@@ -164,7 +164,7 @@ def load_pretrained_components(
         model_path = str(folder)
         tried = f"loading the local diffusers folder {model_path!r}"
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+        offline = hf_hub_offline_env()
         where = "from the local Hugging Face cache only" if (offline or local_files_only) else "from the hub"
         flags = ", ".join(f for f, on in (("HF_HUB_OFFLINE=1", offline), ("local_files_only", local_files_only)) if on)
         tried = f"from_pretrained({model_path!r}, subfolder=...) {where}" + (f" ({flags})" if flags else "")
