@@ -96,8 +96,7 @@ def parse_variant(spec: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def _typed(key: str, value: str) -> Any:
-    defaults = {f.name: f for f in dataclasses.fields(SRStageConfig)}
-    if key not in defaults:
+    if key not in {f.name for f in dataclasses.fields(SRStageConfig)}:
         raise ValueError(f"unknown SRStageConfig field {key!r}")
     default = getattr(SRStageConfig(), key)
     if isinstance(default, bool):

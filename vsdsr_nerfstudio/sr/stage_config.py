@@ -6,7 +6,7 @@ Defaults follow ``docs/method.md`` §3 / §5. See ``docs/sr_core.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Optional, Tuple, Type
 
 from nerfstudio.configs.base_config import InstantiateConfig
@@ -127,8 +127,6 @@ PIXEL_PRIOR_VSD_T_MIN = 0.02
 def pixel_prior_stage_settings(config: SRStageConfig) -> SRStageConfig:
     """``config`` with the VSD settings measured to work on the pixel-space (embedded) prior: latent lr 1e-3 and
     t down to 0.02 (the ``vsd-sr-embedded`` preset). RSD and SDS keep their settings."""
-    from dataclasses import replace
-
     if config.guidance != "vsd":
         return config
     return replace(config, latent_lr=PIXEL_PRIOR_VSD_LATENT_LR, t_min=PIXEL_PRIOR_VSD_T_MIN)
@@ -137,11 +135,11 @@ def pixel_prior_stage_settings(config: SRStageConfig) -> SRStageConfig:
 def pixel_prior_vsd_problem(config: SRStageConfig) -> Optional[str]:
     """Why ``config`` is unsafe for VSD on the pixel-space prior, or ``None``.
 
-    The SD-tuned latent lr (1e-2) is fine in the SD upscaler's VAE latent space, but the pixel prior's latent is the
-    image itself: Adam's sign-like steps follow the small, noisy VSD gradient at high t with full-size steps and
-    write saturated high-frequency noise into the views (fern, K = 400: PSNR 16.2 dB against bicubic's 25.6, the
-    views' own LR consistency 18.6 dB; 3e-3 still drifts at K = 1000)."""
-    if config.guidance != "vsd" or config.latent_lr <= PIXEL_PRIOR_VSD_LATENT_LR * (1 + 1e-9):
+    The default latent lr (1e-2) is the research code's, set for the SD upscaler's VAE latents. On the pixel prior,
+    whose latent is the image itself, it writes saturated high-frequency noise into the views (measured on fern,
+    K = 400: PSNR 16.2 dB against bicubic's 25.6, the views' own LR consistency 18.6 dB; 3e-3 still drifts at
+    K = 1000; docs/embedded_prior.md, "On fern")."""
+    if config.guidance != "vsd" or config.latent_lr <= PIXEL_PRIOR_VSD_LATENT_LR:
         return None
     return (
         f"VSD on the pixel-space (embedded) prior with --pipeline.stage.latent-lr {config.latent_lr:g} drifts into "
