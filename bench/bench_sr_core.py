@@ -24,9 +24,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
-from vsdsr_nerfstudio.sr.stage import SRStage
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+from vsdsr_nerfstudio.sr.core.stage import SRStage, SRStageConfig
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
 # Dense bf16 tensor-core peaks (no sparsity), from NVIDIA's datasheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.0, "H200": 989.4, "A100": 312.0}

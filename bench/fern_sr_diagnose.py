@@ -9,8 +9,8 @@ This separates the SR core from the 3D synchronisation. For each view in ``--vie
 
 - ``bicubic`` (the stage's starting point here: a proxy for the NeRF's 4x render of a view it fits well),
 - ``ddim``: the prior's own sampler (DDIM, ``--ddim-steps``, LR noise level as the stage), and
-- one :class:`~vsdsr_nerfstudio.sr.stage.SRStage` per stage variant (``guidance[:field=value,...]``, fields of
-  :class:`~vsdsr_nerfstudio.sr.stage_config.SRStageConfig`), run for ``--steps`` steps on all the views together
+- one :class:`~vsdsr_nerfstudio.sr.core.stage.SRStage` per stage variant (``guidance[:field=value,...]``, fields of
+  :class:`~vsdsr_nerfstudio.sr.core.stage.SRStageConfig`), run for ``--steps`` steps on all the views together
   from the bicubic images, each view with its real camera, exactly as an upscaling stage does,
 
 and scored against the ground truth (``images/`` box-downsampled x2, as ``ns-eval``): PSNR/SSIM (RGB, as
@@ -41,9 +41,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vsdsr_nerfstudio.data.llff_dataparser import llff_to_opengl_c2w
-from vsdsr_nerfstudio.prior_training import load_rgb_uint8, psnr, save_rgb, try_build_lpips
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, is_pixel_prior_folder
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, is_pixel_prior_folder
+from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, psnr, save_rgb, try_build_lpips
 
 
 @dataclass
@@ -126,33 +126,35 @@ def load_views(cfg: DiagnoseConfig) -> Tuple[Tensor, Tensor, Tensor, List[str]]:
             gt_im = area_downsample(im.convert("RGB"), gt_factor)
         gt = torch.from_numpy(np.asarray(gt_im).copy()).permute(2, 0, 1).float() / 255.0
         if tuple(gt.shape[-2:]) != (4 * lr.shape[-2], 4 * lr.shape[-1]):
-            raise ValueError(f"ground truth {gt_files[v].name} is {tuple(gt.shape[-2:])}, expected 4x the LR "
-                             f"{tuple(lr.shape[-2:])}")
+            raise ValueError(
+                f"ground truth {gt_files[v].name} is {tuple(gt.shape[-2:])}, expected 4x the LR {tuple(lr.shape[-2:])}"
+            )
         if cfg.crop is not None:
             ch, cw = cfg.crop
             y0, x0 = (lr.shape[-2] - ch) // 2, (lr.shape[-1] - cw) // 2
-            lr = lr[:, y0:y0 + ch, x0:x0 + cw]
-            gt = gt[:, 4 * y0:4 * (y0 + ch), 4 * x0:4 * (x0 + cw)]
+            lr = lr[:, y0 : y0 + ch, x0 : x0 + cw]
+            gt = gt[:, 4 * y0 : 4 * (y0 + ch), 4 * x0 : 4 * (x0 + cw)]
         lrs.append(lr)
         gts.append(gt)
         names.append(lr_files[v].stem)
     return torch.stack(lrs), torch.stack(gts), c2w_all[list(cfg.views)], names
 
 
-def score(sr: Float[Tensor, "V 3 H W"], gt: Float[Tensor, "V 3 H W"], lr: Float[Tensor, "V 3 h w"],
-          lpips: Any, niqe: Any) -> List[Dict[str, float]]:
+def score(
+    sr: Float[Tensor, "V 3 H W"], gt: Float[Tensor, "V 3 H W"], lr: Float[Tensor, "V 3 h w"], lpips: Any, niqe: Any
+) -> List[Dict[str, float]]:
     """Per-view metrics of ``sr`` against the ground truth and the LR image."""
     from torchmetrics.functional import structural_similarity_index_measure
 
-    from vsdsr_nerfstudio.sr.pixel_prior import area_downsample
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample
 
     rows = []
     for i in range(sr.shape[0]):
-        a, b = sr[i:i + 1].clamp(0, 1), gt[i:i + 1]
+        a, b = sr[i : i + 1].clamp(0, 1), gt[i : i + 1]
         row = {
             "psnr": float(psnr(a, b)[0]),
             "ssim": float(structural_similarity_index_measure(a, b, data_range=1.0)),
-            "lr_psnr": float(psnr(area_downsample(a), lr[i:i + 1])[0]),
+            "lr_psnr": float(psnr(area_downsample(a), lr[i : i + 1])[0]),
             "color_offset": float((a.mean((-1, -2)) - b.mean((-1, -2))).abs().mean()),
         }
         if lpips is not None:
@@ -169,10 +171,13 @@ def main(cfg: DiagnoseConfig) -> Dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vsdsr_nerfstudio.metrics.niqe import calculate_niqe
-    from vsdsr_nerfstudio.sr.pixel_prior import bicubic_upscale, ddim_upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import bicubic_upscale, ddim_upscale
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     torch.manual_seed(cfg.seed)
     lr, gt, c2w, names = load_views(cfg)
     bic = bicubic_upscale(lr).clamp(0, 1)
@@ -197,15 +202,31 @@ def main(cfg: DiagnoseConfig) -> Dict[str, Any]:
     outputs: Dict[str, Tensor] = {"gt": gt, "bicubic": bic}
     for spec in cfg.variants:
         prior = make_prior()
-        autocast: Any = (torch.autocast("cuda", dtype=prior.dtype) if device.type == "cuda" and
-                         prior.dtype != torch.float32 else contextlib.nullcontext())
+        autocast: Any = (
+            torch.autocast("cuda", dtype=prior.dtype)
+            if device.type == "cuda" and prior.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
         t0 = time.perf_counter()
         if spec == "ddim":
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
             with autocast:
-                sr = torch.cat([ddim_upscale(prior, lr[i:i + 1].to(device), steps=cfg.ddim_steps,
-                                             noise_level=SRStageConfig().noise_level, generator=generator)
-                                for i in range(lr.shape[0])]).float().cpu()
+                sr = (
+                    torch.cat(
+                        [
+                            ddim_upscale(
+                                prior,
+                                lr[i : i + 1].to(device),
+                                steps=cfg.ddim_steps,
+                                noise_level=SRStageConfig().noise_level,
+                                generator=generator,
+                            )
+                            for i in range(lr.shape[0])
+                        ]
+                    )
+                    .float()
+                    .cpu()
+                )
             settings: Dict[str, Any] = {"steps": cfg.ddim_steps}
         else:
             _, overrides = parse_variant(spec)
@@ -216,8 +237,14 @@ def main(cfg: DiagnoseConfig) -> Dict[str, Any]:
             stage_cfg = dataclasses.replace(SRStageConfig(), **overrides)
             stage = stage_cfg.setup(prior=prior)
             losses: List[float] = []
-            with Progress(TextColumn(f"{spec:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          TimeElapsedColumn(), console=CONSOLE, transient=True) as progress:
+            with Progress(
+                TextColumn(f"{spec:<28}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=CONSOLE,
+                transient=True,
+            ) as progress:
                 task = progress.add_task(spec, total=cfg.steps)
                 stage.begin(bic, lr, c2w, num_steps=cfg.steps)
                 while not stage.done:
@@ -241,18 +268,30 @@ def main(cfg: DiagnoseConfig) -> Dict[str, Any]:
     keys = ("psnr", "ssim", "lpips", "niqe", "lr_psnr", "color_offset")
     lines = ["| variant | PSNR ↑ | SSIM ↑ | LPIPS ↓ | NIQE ↓ | LR PSNR ↑ | colour offset | s |", "|---|" + "---|" * 7]
     for spec, res in results["variants"].items():
-        mean = {k: float(np.mean([r[k] for r in res["per_view"] if k in r])) if any(k in r for r in res["per_view"])
-                else math.nan for k in keys}
+        mean = {
+            k: float(np.mean([r[k] for r in res["per_view"] if k in r]))
+            if any(k in r for r in res["per_view"])
+            else math.nan
+            for k in keys
+        }
         res["mean"] = mean
-        lines.append(f"| {spec} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | {mean['lpips']:.3f} | {mean['niqe']:.2f} "
-                     f"| {mean['lr_psnr']:.2f} | {mean['color_offset']:.4f} | {res['seconds']:.0f} |")
+        lines.append(
+            f"| {spec} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | {mean['lpips']:.3f} | {mean['niqe']:.2f} "
+            f"| {mean['lr_psnr']:.2f} | {mean['color_offset']:.4f} | {res['seconds']:.0f} |"
+        )
     table = "\n".join(lines)
     CONSOLE.print(table, highlight=False)
     if cfg.save_images:
         _montage(outputs, cfg.save_images / "montage.png")
-    results.update(table=table, steps=cfg.steps, crop=cfg.crop, device=str(device),
-                   device_name=torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
-                   date=time.strftime("%Y-%m-%d"), torch=torch.__version__)
+    results.update(
+        table=table,
+        steps=cfg.steps,
+        crop=cfg.crop,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        date=time.strftime("%Y-%m-%d"),
+        torch=torch.__version__,
+    )
     if cfg.json:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(results, indent=1))
@@ -267,7 +306,7 @@ def _montage(outputs: Dict[str, Tensor], path: Path, size: int = 256) -> None:
         for img in outputs.values():
             h, w = img.shape[-2:]
             y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-            row.append(img[i, :, y0:y0 + size, x0:x0 + size])
+            row.append(img[i, :, y0 : y0 + size, x0 : x0 + size])
         tiles.append(torch.cat(row, dim=-1))
     save_rgb(torch.cat(tiles, dim=-2), path)
 

@@ -12,7 +12,7 @@ sed -i 's/cub::Equality()/cuda::std::equal_to<>()/g; s|#include <cub/cub.cuh>|#i
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
 data=$PWD/.gpudata/fern
 t0=$(date +%s)
-(cd /tmp && python3 -c "from vsdsr_nerfstudio.nerfacc_cuda import require_nerfacc_cuda as r; r('cuda'); print('nerfacc CUDA kernels ok')") 2>&1 | tail -n 5
+(cd /tmp && python3 -c "from vsdsr_nerfstudio.models.nerfacc_cuda import require_nerfacc_cuda as r; r('cuda'); print('nerfacc CUDA kernels ok')") 2>&1 | tail -n 5
 echo "nerfacc build/import: $(( $(date +%s) - t0 )) s"
 cd /tmp && timeout $(( 500 - ($(date +%s) - t0) )) python3 -m nerfstudio.scripts.train vsd-sr-ngp --data "$data" \
   --output-dir /tmp/ngp --vis tensorboard --pipeline.prior.prior pixel-tiny \

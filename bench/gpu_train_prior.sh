@@ -18,7 +18,7 @@ if [ ! -d /tmp/site/diffusers ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 echo "training photos: $(find build/prior_train -type f | wc -l)"
-python3 -m vsdsr_nerfstudio.prior_training --images build/prior_train --val-images build/prior_val16 \
+python3 -m vsdsr_nerfstudio.tools.train_prior --images build/prior_train --val-images build/prior_val16 \
   --lpips-weights build/metrics/lpips_alex_features.npz --output /tmp/prun --max-minutes "$MINUTES" --resume \
   --terms "Research use only: trained on the 817 photos of /work/shared/data/sr/train (BSDS500, ImageNet, Sun-Hays 80, McMaster, Kodak, Wikimedia Commons); see docs/embedded_prior.md" \
   "$@" 2>&1 | grep -v '━' | tail -n 40

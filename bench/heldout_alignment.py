@@ -108,7 +108,7 @@ def pipeline_config(run: RunConfig):
     from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
     from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
-    from vsdsr_nerfstudio.model import VsdSrModelConfig
+    from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
 
     dataparser = LLFFDataParserConfig(
         data=Path(run.data), downscale_factor=run.downscale, sr_scale=run.sr_scale, llffhold=run.llffhold

@@ -37,8 +37,8 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
-from vsdsr_nerfstudio.prior_training import list_images, load_rgb_uint8, psnr, save_rgb, try_build_lpips
-from vsdsr_nerfstudio.sr.prior_config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
+from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
+from vsdsr_nerfstudio.tools.train_prior import list_images, load_rgb_uint8, psnr, save_rgb, try_build_lpips
 
 SUBSETS = ("set5", "set14", "bsd100")
 """Test subsets, by file-name prefix."""
@@ -156,10 +156,13 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     """Run the evaluation; returns the JSON-ready result (also printed as a markdown table)."""
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from vsdsr_nerfstudio.sr.pixel_prior import area_downsample, bicubic_upscale, ddim_upscale, mod_crop
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale, ddim_upscale, mod_crop
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     pc = SRPriorConfig(prior=cfg.prior, unet_dtype=cfg.dtype)
     if cfg.model_path is not None:
         pc.model_path = cfg.model_path
@@ -181,8 +184,11 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     if not files:
         raise FileNotFoundError(f"no {'/'.join(cfg.subsets)} images in {str(cfg.data)!r}")
 
-    autocast: Any = (torch.autocast("cuda", dtype=prior.dtype) if device.type == "cuda" and
-                     prior.dtype != torch.float32 else contextlib.nullcontext())
+    autocast: Any = (
+        torch.autocast("cuda", dtype=prior.dtype)
+        if device.type == "cuda" and prior.dtype != torch.float32
+        else contextlib.nullcontext()
+    )
     rows: List[Dict[str, Any]] = []
     sr_seconds = 0.0
     for i, (subset, path) in enumerate(files):
@@ -194,8 +200,15 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with autocast:
-            sr = ddim_upscale(prior, lr.to(device), steps=cfg.steps, noise_level=cfg.noise_level,
-                              generator=generator, guidance_scale=cfg.guidance_scale, tile=cfg.tile)[0].float()
+            sr = ddim_upscale(
+                prior,
+                lr.to(device),
+                steps=cfg.steps,
+                noise_level=cfg.noise_level,
+                generator=generator,
+                guidance_scale=cfg.guidance_scale,
+                tile=cfg.tile,
+            )[0].float()
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -204,11 +217,16 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
         if cfg.save_images is not None:
             save_rgb(sr, Path(cfg.save_images) / f"{path.stem}_x4.png")
         for method, out in (("bicubic", bic), ("prior", sr), ("hr", None)):
-            row: Dict[str, Any] = {"image": path.name, "subset": subset, "method": method,
-                                   "hr_size": list(hr.shape[-2:])}
+            row: Dict[str, Any] = {
+                "image": path.name,
+                "subset": subset,
+                "method": method,
+                "hr_size": list(hr.shape[-2:]),
+            }
             if out is not None:
-                row.update(psnr_y=psnr_y(out, hr), ssim_y=ssim_y(out, hr),
-                           psnr_rgb=float(psnr(out[None], hr[None], border=4)))
+                row.update(
+                    psnr_y=psnr_y(out, hr), ssim_y=ssim_y(out, hr), psnr_rgb=float(psnr(out[None], hr[None], border=4))
+                )
                 if lpips is not None:
                     row["lpips"] = lpips(out[None].to(device), hr[None].to(device))
             if niqe is not None:
@@ -217,8 +235,11 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
                 row["seconds"] = dt
             rows.append(row)
         last = rows[-2]
-        CONSOLE.print(f"[{i + 1}/{len(files)}] {path.name}: prior PSNR-Y {last['psnr_y']:.2f} "
-                      f"(bicubic {rows[-3]['psnr_y']:.2f}) in {dt:.1f} s", highlight=False)
+        CONSOLE.print(
+            f"[{i + 1}/{len(files)}] {path.name}: prior PSNR-Y {last['psnr_y']:.2f} "
+            f"(bicubic {rows[-3]['psnr_y']:.2f}) in {dt:.1f} s",
+            highlight=False,
+        )
 
     # -- summary ---------------------------------------------------------------------------------------------------
     groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
@@ -229,9 +250,11 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     for (subset, method), rs in groups.items():
         summary[subset][method] = {m: _mean([r.get(m, float("nan")) for r in rs]) for m in METRICS}
         summary[subset][method]["images"] = len(rs)
-    sampler = (f"DDIM eta=0, trailing spacing, {cfg.steps} steps, LR noise level {cfg.noise_level}"
-               + (f", CFG {cfg.guidance_scale}" if prior.uses_text else "")
-               + (", x0 clamp [-1, 1]" if getattr(prior, "latent_clip", None) else ""))
+    sampler = (
+        f"DDIM eta=0, trailing spacing, {cfg.steps} steps, LR noise level {cfg.noise_level}"
+        + (f", CFG {cfg.guidance_scale}" if prior.uses_text else "")
+        + (", x0 clamp [-1, 1]" if getattr(prior, "latent_clip", None) else "")
+    )
     lines = [
         f"Prior: {getattr(prior, 'source', cfg.prior)}; sampler: {sampler}; x4 from area-downsampled, 8-bit LR; "
         f"PSNR/SSIM on Y (4 px border), NIQE on Y (no crop); device {device}.",
@@ -248,15 +271,20 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
             s = summary.get(subset, {}).get(method)
             if s is None:
                 continue
-            lines.append(f"| {subset} | {method} | {s['images']} | {fmt(s['psnr_y'], 2)} | {fmt(s['ssim_y'], 4)} | "
-                         f"{fmt(s['psnr_rgb'], 2)} | {fmt(s['lpips'], 4)} | {fmt(s['niqe'], 3)} |")
+            lines.append(
+                f"| {subset} | {method} | {s['images']} | {fmt(s['psnr_y'], 2)} | {fmt(s['ssim_y'], 4)} | "
+                f"{fmt(s['psnr_rgb'], 2)} | {fmt(s['lpips'], 4)} | {fmt(s['niqe'], 3)} |"
+            )
     table = "\n".join(lines)
     print(table)
     print(f"\nSR time: {sr_seconds:.1f} s for {len(files)} images ({sr_seconds / len(files):.2f} s/image).")
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "prior": {"source": getattr(prior, "source", None), "meta": getattr(prior, "meta", None),
-                  "num_parameters": getattr(prior, "num_parameters", None)},
+        "prior": {
+            "source": getattr(prior, "source", None),
+            "meta": getattr(prior, "meta", None),
+            "num_parameters": getattr(prior, "num_parameters", None),
+        },
         "sampler": sampler,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),

@@ -20,11 +20,11 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
-from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipelineConfig
-from vsdsr_nerfstudio.model import VsdSrModelConfig
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
-from vsdsr_nerfstudio.sr_datamanager import SRDataManagerConfig
+from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
+from vsdsr_nerfstudio.pipeline.datamanager import SRDataManagerConfig
+from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipelineConfig
+from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
 
 def nerf_optimizers(max_steps: int = 200_000, groups: Tuple[str, ...] = ("proposal_networks", "fields")) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from nerfstudio.plugins.types import MethodSpecification
 
 from vsdsr_nerfstudio.method_configs.vsd_sr import vsd_sr_config
-from vsdsr_nerfstudio.sr.stage_config import pixel_prior_stage_settings
+from vsdsr_nerfstudio.sr.core.stage import pixel_prior_stage_settings
 
 
 def vsd_sr_embedded_config():

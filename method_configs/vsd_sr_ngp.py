@@ -2,7 +2,7 @@
 
 Everything but the model is the default preset's (data, schedule P=2000 / K=1000 / S=2000 / C=4, prior, stage,
 evaluation). The model is `VsdSrNGPModelConfig` (hash grid to 4096 with 2^21 entries a level, appearance embedding
-averaged for eval renders, offline LPIPS and NIQE; see vsdsr_nerfstudio/ngp_model.py for the reasons); its one
+averaged for eval renders, offline LPIPS and NIQE; see vsdsr_nerfstudio/models/instant_ngp.py for the reasons); its one
 optimiser group, ``fields``, gets the same Adam and schedule as Nerfacto's.
 
 Needs CUDA: nerfacc's ray marching is CUDA-only, so this preset stops at setup with a clear error on a machine
@@ -16,7 +16,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from vsdsr_nerfstudio.method_configs.vsd_sr import nerf_optimizers, vsd_sr_config
-from vsdsr_nerfstudio.ngp_model import VsdSrNGPModelConfig
+from vsdsr_nerfstudio.models.instant_ngp import VsdSrNGPModelConfig
 
 
 def vsd_sr_ngp_config() -> TrainerConfig:

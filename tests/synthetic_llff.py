@@ -138,9 +138,7 @@ def _scene_planes() -> Tuple[_Plane, ...]:
     return background, mid, near
 
 
-def _cast(
-    planes: Sequence[_Plane], origin: np.ndarray, dirs: np.ndarray
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cast(planes: Sequence[_Plane], origin: np.ndarray, dirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest hit of rays ``origin + lam * dirs`` (dirs (r, 3)): distance lam, plane index, plane coords (s, t)."""
     best = np.full(dirs.shape[0], np.inf)
     best_plane = np.full(dirs.shape[0], -1, dtype=np.int64)
@@ -297,9 +295,7 @@ def make_llff_scene(
                 dirs_cam = np.stack([(u - width / 2) / focal, -(v - height / 2) / focal, -np.ones_like(u)], -1)
                 dirs = dirs_cam.reshape(-1, 3) @ c2w_render[view, :3, :3].T
                 lam, plane_index, st = _cast(planes, c2w_render[view, :3, 3], dirs)
-                colour += _shade(st, plane_index, tex, markers_st, marker_sigma, marker_plane).reshape(
-                    height, width, 3
-                )
+                colour += _shade(st, plane_index, tex, markers_st, marker_sigma, marker_plane).reshape(height, width, 3)
                 depths.append(lam)  # |dirs_cam.z| = 1, so lam is the depth along the viewing axis
         images.append(np.round(colour / supersample**2 * 255.0).astype(np.uint8))
         all_depths = np.concatenate(depths)

@@ -49,12 +49,39 @@ def runs(tmp_path_factory):
     scene = make_llff_scene(root / "scene", n_views=N_TRAIN + 1, hr_size=(192, 96), factors=(4,), seed=5)
     common = ["--pipeline.model.lpips-weights", str(LPIPS_WEIGHTS)] if LPIPS_WEIGHTS.is_file() else []
     parser = ["llff-data", "--downscale-factor", "4", "--sr-scale", "4", "--llffhold", str(N_TRAIN + 1)]
-    log_a = _run(["ns-train", "vsd-sr-tiny", "--data", str(scene), "--output-dir", str(root / "a"),
-                  "--max-num-iterations", "30", *common, *parser], cwd=root)
+    log_a = _run(
+        [
+            "ns-train",
+            "vsd-sr-tiny",
+            "--data",
+            str(scene),
+            "--output-dir",
+            str(root / "a"),
+            "--max-num-iterations",
+            "30",
+            *common,
+            *parser,
+        ],
+        cwd=root,
+    )
     run_a = _run_dir(root / "a")
-    log_b = _run(["ns-train", "vsd-sr-tiny", "--data", str(scene), "--output-dir", str(root / "b"),
-                  "--load-dir", str(run_a / "nerfstudio_models"), "--max-num-iterations", "10", *common, *parser],
-                 cwd=root)
+    log_b = _run(
+        [
+            "ns-train",
+            "vsd-sr-tiny",
+            "--data",
+            str(scene),
+            "--output-dir",
+            str(root / "b"),
+            "--load-dir",
+            str(run_a / "nerfstudio_models"),
+            "--max-num-iterations",
+            "10",
+            *common,
+            *parser,
+        ],
+        cwd=root,
+    )
     run_b = _run_dir(root / "b")
     return {"root": root, "scene": scene, "a": run_a, "b": run_b, "log_a": log_a, "log_b": log_b}
 
@@ -103,8 +130,13 @@ def test_tensorboard_has_before_after_images_and_stage_timings(runs):
         events = sorted(run.rglob("events.out.tfevents.*"))
         assert events, f"no tensorboard events in {run}"
         data = b"".join(p.read_bytes() for p in events)
-        for tag in ("SR stage/view 000 before | after", "SR stage/view 002 before | after", "SR stage/render (s)",
-                    "SR stage/sr_steps (s)", "SR stage/decode (s)"):
+        for tag in (
+            "SR stage/view 000 before | after",
+            "SR stage/view 002 before | after",
+            "SR stage/render (s)",
+            "SR stage/sr_steps (s)",
+            "SR stage/decode (s)",
+        ):
             assert tag.encode() in data, f"{tag!r} missing from {run}'s tensorboard events"
         assert b"SR stage/view 003 before | after" not in data  # log_num_views = 3 of the 4 views
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -127,11 +159,33 @@ def test_ns_eval_reports_four_metrics_at_hr(runs):
 def test_ns_render_images_and_video_at_4x(runs):
     """`--downscale-factor 0.25` on the (LR) train poses renders at 4x the training resolution."""
     config = str(runs["b"] / "config.yml")
-    common = ["--load-config", config, "--pose-source", "train", "--downscale-factor", "0.25",
-              "--interpolation-steps", "1", "--frame-rate", "4"]
+    common = [
+        "--load-config",
+        config,
+        "--pose-source",
+        "train",
+        "--downscale-factor",
+        "0.25",
+        "--interpolation-steps",
+        "1",
+        "--frame-rate",
+        "4",
+    ]
     frames = runs["root"] / "frames"
-    _run(["ns-render", "interpolate", *common, "--output-format", "images", "--image-format", "png",
-          "--output-path", str(frames)], cwd=runs["root"])
+    _run(
+        [
+            "ns-render",
+            "interpolate",
+            *common,
+            "--output-format",
+            "images",
+            "--image-format",
+            "png",
+            "--output-path",
+            str(frames),
+        ],
+        cwd=runs["root"],
+    )
     images = sorted(frames.rglob("*.png"))
     assert images, "ns-render wrote no images"
     assert Image.open(images[0]).size == (HR_HW[1], HR_HW[0])

@@ -43,10 +43,28 @@ def _run_dir(output_dir: Path) -> Path:
 
 def test_kill_mid_stage_then_resume_redoes_only_that_stage(tmp_path):
     scene = make_llff_scene(tmp_path / "scene", n_views=5, hr_size=(192, 96), factors=(4,), seed=7)
-    args = [_launcher("ns-train"), "vsd-sr-tiny", "--data", str(scene), "--output-dir", str(tmp_path / "c"),
-            "--pipeline.upscale-steps", "20", "--pipeline.steps-per-chunk", "5", *PARSER]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env(), start_new_session=True)
+    args = [
+        _launcher("ns-train"),
+        "vsd-sr-tiny",
+        "--data",
+        str(scene),
+        "--output-dir",
+        str(tmp_path / "c"),
+        "--pipeline.upscale-steps",
+        "20",
+        "--pipeline.steps-per-chunk",
+        "5",
+        *PARSER,
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
     lines = []
     killed = threading.Event()
 
@@ -76,8 +94,19 @@ def test_kill_mid_stage_then_resume_redoes_only_that_stage(tmp_path):
     assert sorted(p.name for p in state_c.glob("stage_*.pt")) == ["stage_001.pt"], "stage 2 must not have landed"
     assert (state_c / "LATEST").read_text() == "stage_001.pt"
 
-    resume = [_launcher("ns-train"), "vsd-sr-tiny", "--data", str(scene), "--output-dir", str(tmp_path / "d"),
-              "--load-dir", str(run_c / "nerfstudio_models"), "--pipeline.upscale-steps", "3", *PARSER]
+    resume = [
+        _launcher("ns-train"),
+        "vsd-sr-tiny",
+        "--data",
+        str(scene),
+        "--output-dir",
+        str(tmp_path / "d"),
+        "--load-dir",
+        str(run_c / "nerfstudio_models"),
+        "--pipeline.upscale-steps",
+        "3",
+        *PARSER,
+    ]
     result = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=_env())
     log_d = result.stdout + result.stderr
     assert result.returncode == 0, log_d[-6000:]

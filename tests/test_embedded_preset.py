@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from vsdsr_nerfstudio.i3ds_pipeline import warn_unstable_stage_settings
 from vsdsr_nerfstudio.method_configs.vsd_sr import vsd_sr_config
 from vsdsr_nerfstudio.method_configs.vsd_sr_embedded import vsd_sr_embedded_config
-from vsdsr_nerfstudio.sr.prior_config import PIXEL_PRIOR_CONFIG_NAME, SRPriorConfig, uses_pixel_prior
-from vsdsr_nerfstudio.sr.stage_config import (
+from vsdsr_nerfstudio.pipeline.i3ds import warn_unstable_stage_settings
+from vsdsr_nerfstudio.sr.core.stage import (
     PIXEL_PRIOR_VSD_LATENT_LR,
     PIXEL_PRIOR_VSD_T_MIN,
     SRStageConfig,
     pixel_prior_stage_settings,
     pixel_prior_vsd_problem,
 )
+from vsdsr_nerfstudio.sr.priors.config import PIXEL_PRIOR_CONFIG_NAME, SRPriorConfig, uses_pixel_prior
 
 
 def test_preset_uses_the_embedded_prior_with_the_measured_vsd_settings():
@@ -34,8 +34,11 @@ def test_preset_uses_the_embedded_prior_with_the_measured_vsd_settings():
     assert stage.latent_lr == PIXEL_PRIOR_VSD_LATENT_LR == 1e-3
     assert stage.t_min == PIXEL_PRIOR_VSD_T_MIN == 0.02
     # everything else is the default preset's
-    changed = {f.name for f in dataclasses.fields(SRStageConfig)
-               if getattr(stage, f.name) != getattr(default.pipeline.stage, f.name)}
+    changed = {
+        f.name
+        for f in dataclasses.fields(SRStageConfig)
+        if getattr(stage, f.name) != getattr(default.pipeline.stage, f.name)
+    }
     assert changed == {"latent_lr", "t_min"}
     for name in ("pretrain_steps", "upscale_steps", "sync_steps", "num_cycles"):
         assert getattr(config.pipeline, name) == getattr(default.pipeline, name)
@@ -49,8 +52,13 @@ def test_vsd_with_sd_settings_on_the_embedded_prior_warns_with_the_fix(capsys):
     config.prior.prior = "embedded"
     message = warn_unstable_stage_settings(config)
     assert message is not None
-    for needle in ("vsd-sr-embedded", "--pipeline.stage.latent-lr 0.001", "--pipeline.stage.t-min 0.02",
-                   "latent-lr 0.01", "docs/embedded_prior.md"):
+    for needle in (
+        "vsd-sr-embedded",
+        "--pipeline.stage.latent-lr 0.001",
+        "--pipeline.stage.t-min 0.02",
+        "latent-lr 0.01",
+        "docs/embedded_prior.md",
+    ):
         assert needle in message
     assert "vsd-sr-embedded" in capsys.readouterr().out  # printed on the shared console
     config.sr_enabled = False
@@ -92,13 +100,13 @@ def test_on_a_fern_crop_sd_settings_drift_and_the_preset_settings_keep_the_lr_ph
     ``pixel_prior_stage_settings`` it stays consistent with it (GPU numbers at full size: docs/embedded_prior.md)."""
     import torch
 
-    from vsdsr_nerfstudio.prior_training import load_rgb_uint8, psnr
-    from vsdsr_nerfstudio.sr.pixel_prior import area_downsample, bicubic_upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale
+    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, psnr
 
     torch.manual_seed(0)
     image = load_rgb_uint8(sorted(FERN_LR.glob("*.png"))[8]).float() / 255.0
     y0, x0 = (image.shape[1] - 32) // 2, (image.shape[2] - 32) // 2
-    lr = image[None, :, y0:y0 + 32, x0:x0 + 32].contiguous()
+    lr = image[None, :, y0 : y0 + 32, x0 : x0 + 32].contiguous()
     render = bicubic_upscale(lr).clamp(0, 1)
     c2w = torch.eye(4)[None, :3]
 

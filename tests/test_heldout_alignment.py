@@ -22,7 +22,7 @@ import pytest
 import torch
 from synthetic_llff import make_llff_scene
 
-from vsdsr_nerfstudio.model import VsdSrModelConfig
+from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
 
 _BENCH = Path(__file__).resolve().parents[1] / "bench" / "heldout_alignment.py"
 

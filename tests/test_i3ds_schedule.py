@@ -2,7 +2,7 @@
 
 import pytest
 
-from vsdsr_nerfstudio.i3ds_pipeline import upscaling_stage_steps
+from vsdsr_nerfstudio.pipeline.i3ds import upscaling_stage_steps
 
 
 def test_default_schedule():
@@ -34,7 +34,7 @@ def test_viewer_frustums_show_the_rewritten_views():
     import torch
     from nerfstudio.cameras.cameras import Cameras
 
-    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
+    from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipeline
 
     calls = []
 
@@ -50,13 +50,19 @@ def test_viewer_frustums_show_the_rewritten_views():
             calls.append(kwargs)
             return FakeHandle(**kwargs)
 
-    cameras = Cameras(camera_to_worlds=torch.eye(4)[:3].repeat(2, 1, 1), fx=20.0, fy=20.0, cx=16.0, cy=12.0,
-                      width=32, height=24)
+    cameras = Cameras(
+        camera_to_worlds=torch.eye(4)[:3].repeat(2, 1, 1), fx=20.0, fy=20.0, cx=16.0, cy=12.0, width=32, height=24
+    )
     handles = {0: FakeHandle(), 1: FakeHandle()}
-    viewer = SimpleNamespace(camera_handles=handles, viser_server=SimpleNamespace(scene=FakeScene()),
-                             config=SimpleNamespace(camera_frustum_scale=0.1))
-    fake = SimpleNamespace(sr=SimpleNamespace(trainer=SimpleNamespace(viewer_state=viewer)),
-                           datamanager=SimpleNamespace(train_dataset=SimpleNamespace(cameras=cameras)))
+    viewer = SimpleNamespace(
+        camera_handles=handles,
+        viser_server=SimpleNamespace(scene=FakeScene()),
+        config=SimpleNamespace(camera_frustum_scale=0.1),
+    )
+    fake = SimpleNamespace(
+        sr=SimpleNamespace(trainer=SimpleNamespace(viewer_state=viewer)),
+        datamanager=SimpleNamespace(train_dataset=SimpleNamespace(cameras=cameras)),
+    )
     images = torch.zeros(2, 3, 96, 128)
     images[1] = 1.0
     I3DSPipeline._refresh_viewer_frustums(fake, images)
@@ -67,7 +73,7 @@ def test_viewer_frustums_show_the_rewritten_views():
 
 
 def test_missing_local_prior_folder_fails_before_training(tmp_path):
-    from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig, check_prior_source
+    from vsdsr_nerfstudio.sr.priors.config import PriorLoadError, SRPriorConfig, check_prior_source
 
     with pytest.raises(PriorLoadError, match="model-path"):
         check_prior_source(SRPriorConfig(model_path=str(tmp_path / "no-such-folder")))
@@ -78,7 +84,7 @@ def test_missing_local_prior_folder_fails_before_training(tmp_path):
 def test_uncached_hub_prior_fails_early_when_offline_and_warns_when_online(tmp_path, monkeypatch):
     """A hub id not in the local Hugging Face cache: with downloads off, loading at the first stage could only fail,
     so it fails at the start; with downloads on, a warning says the download comes after the LR pretraining."""
-    from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig, check_prior_source
+    from vsdsr_nerfstudio.sr.priors.config import PriorLoadError, SRPriorConfig, check_prior_source
 
     cache = tmp_path / "hub"
     config = SRPriorConfig()  # stabilityai/stable-diffusion-x4-upscaler
@@ -110,7 +116,7 @@ def test_viewer_gets_the_train_lock_between_chunks_of_a_stage():
     import time
     from types import SimpleNamespace
 
-    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
+    from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipeline
 
     def run_stage(viewer_state):
         lock = threading.Lock()
@@ -149,7 +155,7 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
 
     import torch
 
-    from vsdsr_nerfstudio.i3ds_pipeline import OOM_FIELDS, I3DSPipeline
+    from vsdsr_nerfstudio.pipeline.i3ds import OOM_FIELDS, I3DSPipeline
 
     class OOMStage:
         def begin(self, *args, **kwargs):
@@ -159,10 +165,14 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
     fake = SimpleNamespace(
         sr=SimpleNamespace(cycles_done=1, stage=OOMStage()),
         config=SimpleNamespace(upscale_steps=5, steps_per_chunk=1),
-        datamanager=SimpleNamespace(num_train_views=2, lr_images_chw=lambda: torch.zeros(2, 3, 4, 4),
-                                    hr_cameras=lambda: cameras),
-        _end_phase=lambda step: None, _start_phase=lambda name, step: None, _set_status=lambda status: None,
-        _load_prior=lambda: None, render_train_views_hr=lambda: torch.zeros(2, 3, 16, 16),
+        datamanager=SimpleNamespace(
+            num_train_views=2, lr_images_chw=lambda: torch.zeros(2, 3, 4, 4), hr_cameras=lambda: cameras
+        ),
+        _end_phase=lambda step: None,
+        _start_phase=lambda name, step: None,
+        _set_status=lambda status: None,
+        _load_prior=lambda: None,
+        render_train_views_hr=lambda: torch.zeros(2, 3, 16, 16),
     )
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
@@ -185,15 +195,16 @@ def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
     stages, and the sliders write the CFG scales into the stage config the SR stage reads at every step."""
     from types import SimpleNamespace
 
-    from vsdsr_nerfstudio.i3ds_pipeline import I3DSPipeline
-    from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+    from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipeline
+    from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 
     stages = []
     config = SimpleNamespace(sr_enabled=True, stage=SRStageConfig())
     fake = SimpleNamespace(
         config=config,
         sr=SimpleNamespace(schedule_ready=True, stage_steps=[100], last_stage_step=-1, force_stage=False),
-        viewer_guidance=SimpleNamespace(value=4.5), viewer_camera_guidance=SimpleNamespace(value=7.0),
+        viewer_guidance=SimpleNamespace(value=4.5),
+        viewer_camera_guidance=SimpleNamespace(value=7.0),
     )
 
     def run_upscaling_stage(step):
@@ -228,8 +239,8 @@ def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
 
 def test_the_sr_stage_reads_the_pipeline_stage_config_object():
     """The sliders write ``pipeline.config.stage``; the stage must hold that very object, not a copy."""
-    from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
-    from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+    from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
+    from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
     stage_config = SRStageConfig(guidance="sds", batch_size=1, patch_size=8)
     stage = stage_config.setup(prior=SRPriorConfig(prior="tiny").setup(device="cpu"))

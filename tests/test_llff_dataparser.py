@@ -36,7 +36,11 @@ HR_SIZE = (256, 192)  # (W, H) of images/; images_4/ is 64x48
 def scene_template(tmp_path_factory) -> Path:
     """One synthetic scene per session (read-only by convention: tests that write use ``scene``)."""
     return make_llff_scene(
-        tmp_path_factory.mktemp("llff") / "scene", n_views=N_VIEWS, hr_size=HR_SIZE, factors=(4,), seed=0,
+        tmp_path_factory.mktemp("llff") / "scene",
+        n_views=N_VIEWS,
+        hr_size=HR_SIZE,
+        factors=(4,),
+        seed=0,
         supersample=1,
     )
 
@@ -444,8 +448,23 @@ def test_bad_options(scene):
 
 def test_module_imports_are_light():
     """The dataparser module (and its image helpers) import only nerfstudio, torch, numpy, PIL and their deps."""
-    stdlib = {"__future__", "concurrent", "contextlib", "copy", "dataclasses", "hashlib", "json", "numbers", "os",
-              "pathlib", "re", "shutil", "tempfile", "typing", "uuid"}
+    stdlib = {
+        "__future__",
+        "concurrent",
+        "contextlib",
+        "copy",
+        "dataclasses",
+        "hashlib",
+        "json",
+        "numbers",
+        "os",
+        "pathlib",
+        "re",
+        "shutil",
+        "tempfile",
+        "typing",
+        "uuid",
+    }
     allowed = stdlib | {"numpy", "torch", "PIL", "nerfstudio", "jaxtyping", "rich", "vsdsr_nerfstudio"}
     package = Path(image_io.__file__).parent
     for name in ("llff_dataparser.py", "image_io.py"):

@@ -6,10 +6,10 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from vsdsr_nerfstudio.sr import lora as lora_mod  # noqa: E402
-from vsdsr_nerfstudio.sr.lora import CameraLoRA, camera_normalization, normalized_flat_c2w  # noqa: E402
-from vsdsr_nerfstudio.sr.objectives import schedule_coefficients, v_target  # noqa: E402
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig  # noqa: E402
+from vsdsr_nerfstudio.sr.core import lora as lora_mod  # noqa: E402
+from vsdsr_nerfstudio.sr.core.lora import CameraLoRA, camera_normalization, normalized_flat_c2w  # noqa: E402
+from vsdsr_nerfstudio.sr.core.objectives import schedule_coefficients, v_target  # noqa: E402
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig  # noqa: E402
 
 B, H, W = 2, 16, 16
 
@@ -67,8 +67,11 @@ def test_single_copy_of_base_weights():
     after = dict(prior.denoiser.named_parameters())
     # every base parameter is still the very same storage (peft moved it under `.base_layer.`)
     for name, (ptr, numel) in before.items():
-        new_name = name if name in after else name.replace(".weight", ".base_layer.weight").replace(
-            ".bias", ".base_layer.bias")
+        new_name = (
+            name
+            if name in after
+            else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        )
         assert after[new_name].data_ptr() == ptr and after[new_name].numel() == numel, name
     n_lora = sum(p.numel() for p in lora.lora_params)
     assert sum(p.numel() for p in prior.denoiser.parameters()) == n_before + n_lora
@@ -147,8 +150,7 @@ def test_camera_cfg_formula(prior_and_lora):
     f_0 = lora.predict(z_t, t, lr, nl, text, torch.zeros_like(cams))
     gamma = 3.0
     # (the guided call batches pi and pi=0 in one forward: float noise of a different batch size, ~1e-4)
-    assert torch.allclose(lora.predict_guided(z_t, t, lr, nl, text, cams, gamma), f_0 + gamma * (f_pi - f_0),
-                          atol=2e-3)
+    assert torch.allclose(lora.predict_guided(z_t, t, lr, nl, text, cams, gamma), f_0 + gamma * (f_pi - f_0), atol=2e-3)
     assert (f_pi - f_0).abs().max() > 1e-2
     assert torch.allclose(lora.predict_guided(z_t, t, lr, nl, text, cams, 1.0), f_pi, atol=1e-6)
 
@@ -158,8 +160,7 @@ def test_fresh_lora_model_equals_pretrained():
     prior = make_prior()
     lora = CameraLoRA(prior)
     z_t, t, lr, nl, text, cams = inputs(prior)
-    assert torch.allclose(lora.predict(z_t, t, lr, nl, text, cams), prior.predict(z_t, t, lr, nl, text=text),
-                          atol=1e-5)
+    assert torch.allclose(lora.predict(z_t, t, lr, nl, text, cams), prior.predict(z_t, t, lr, nl, text=text), atol=1e-5)
 
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
@@ -256,8 +257,9 @@ def test_state_dict_round_trip_and_resume_determinism():
         assert (ra is None) == (rb is None)
     for pa, pb in zip(lora_a.parameters(), lora_b.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6)
-    assert torch.allclose(lora_a.predict(z_t, t, lr, nl, text, cams), lora_b.predict(z_t, t, lr, nl, text, cams),
-                          atol=1e-5)
+    assert torch.allclose(
+        lora_a.predict(z_t, t, lr, nl, text, cams), lora_b.predict(z_t, t, lr, nl, text, cams), atol=1e-5
+    )
     with pytest.raises(ValueError):
         CameraLoRA(make_prior(), rank=8).load_state_dict(state)
 
@@ -269,8 +271,7 @@ def test_reset_restores_pretrained_model():
     lora.maybe_train(torch.randn(B, 4, H, W), lr, nl, text, cams)
     lora.reset()
     assert lora.num_calls == 0 and lora.num_updates == 0
-    assert torch.allclose(lora.predict(z_t, t, lr, nl, text, cams), prior.predict(z_t, t, lr, nl, text=text),
-                          atol=1e-5)
+    assert torch.allclose(lora.predict(z_t, t, lr, nl, text, cams), prior.predict(z_t, t, lr, nl, text=text), atol=1e-5)
 
 
 def test_schedule_coefficients_used_for_lora_noise(monkeypatch):

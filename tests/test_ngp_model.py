@@ -15,18 +15,18 @@ import torch
 from synthetic_llff import make_llff_scene
 
 import vsdsr_nerfstudio.metrics.lpips as lpips_module
-import vsdsr_nerfstudio.nerfacc_cuda as nerfacc_cuda
-import vsdsr_nerfstudio.ngp_model as ngp_model
+import vsdsr_nerfstudio.models.instant_ngp as ngp_model
+import vsdsr_nerfstudio.models.nerfacc_cuda as nerfacc_cuda
 from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
-from vsdsr_nerfstudio.i3ds_pipeline import (
+from vsdsr_nerfstudio.metrics.lazy_lpips import LazyLPIPS
+from vsdsr_nerfstudio.models.instant_ngp import VsdSrNGPModelConfig
+from vsdsr_nerfstudio.pipeline.datamanager import SRDataManagerConfig
+from vsdsr_nerfstudio.pipeline.i3ds import (
     I3DSPipelineConfig,
     average_appearance,
     check_model_runtime,
     model_camera_optimizer,
 )
-from vsdsr_nerfstudio.metrics.lazy_lpips import LazyLPIPS
-from vsdsr_nerfstudio.ngp_model import VsdSrNGPModelConfig
-from vsdsr_nerfstudio.sr_datamanager import SRDataManagerConfig
 
 HR_SIZE = (2016, 1512)  # fern at 4x its images_8 training resolution
 

@@ -1,12 +1,12 @@
-"""Pure-tensor tests of sr/objectives.py and sr/schedules.py (no diffusers, no nerfstudio)."""
+"""Pure-tensor tests of sr/core/objectives.py and sr/core/schedules.py (no diffusers, no nerfstudio)."""
 
 import math
 
 import pytest
 import torch
 
-from vsdsr_nerfstudio.sr import objectives as obj
-from vsdsr_nerfstudio.sr import schedules
+from vsdsr_nerfstudio.sr.core import objectives as obj
+from vsdsr_nerfstudio.sr.core import schedules
 
 
 def _scaled_linear_alphas_cumprod(T: int = 1000) -> torch.Tensor:
@@ -89,8 +89,9 @@ def test_cfg_combine():
     x0, eps, t, a, s = _setup(B=2, h=3, w=3)
     z_t = obj.q_sample(x0, eps, a, s)
     lhs = obj.pred_to_eps(obj.cfg_combine(u, c, 7.0), z_t, a, s, "v_prediction")
-    rhs = obj.cfg_combine(obj.pred_to_eps(u, z_t, a, s, "v_prediction"), obj.pred_to_eps(c, z_t, a, s, "v_prediction"),
-                          7.0)
+    rhs = obj.cfg_combine(
+        obj.pred_to_eps(u, z_t, a, s, "v_prediction"), obj.pred_to_eps(c, z_t, a, s, "v_prediction"), 7.0
+    )
     assert torch.allclose(lhs, rhs, atol=1e-5)
 
 
@@ -138,8 +139,9 @@ def test_rsd_step_with_a_perfect_denoiser_is_exact(prediction_type):
     ap, sp = obj.schedule_coefficients(ABAR, t - 1)
     z_t, z_prev = obj.q_sample(x0, eps, a, s), obj.q_sample(x0, eps, ap, sp)
     pred = obj.training_target(x0, eps, a, s, prediction_type)
-    z_hat = obj.ddim_step(obj.pred_to_x0(pred, z_t, a, s, prediction_type),
-                          obj.pred_to_eps(pred, z_t, a, s, prediction_type), ap, sp)
+    z_hat = obj.ddim_step(
+        obj.pred_to_x0(pred, z_t, a, s, prediction_type), obj.pred_to_eps(pred, z_t, a, s, prediction_type), ap, sp
+    )
     assert torch.allclose(z_hat, z_prev, atol=1e-3)
 
 

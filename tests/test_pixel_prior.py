@@ -1,5 +1,6 @@
-"""Tests of the pixel-space x4 prior (``sr/pixel_prior.py``), its trainer (``prior_training.py``), the upscale CLI
-and the ``embedded`` / ``pixel-tiny`` / pixel-folder paths of ``SRPriorConfig``. CPU only, seeded, no network."""
+"""Tests of the pixel-space x4 prior (``sr/priors/pixel_prior.py``), its trainer (``tools/train_prior.py``), the
+upscale CLI and the ``embedded`` / ``pixel-tiny`` / pixel-folder paths of ``SRPriorConfig``.
+CPU only, seeded, no network."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from vsdsr_nerfstudio.sr import prior_config  # noqa: E402
-from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig  # noqa: E402
+from vsdsr_nerfstudio.sr.priors import config as prior_config  # noqa: E402
+from vsdsr_nerfstudio.sr.priors.config import PriorLoadError, SRPriorConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "vsdsr_nerfstudio" / "assets" / "embedded_prior"
@@ -47,7 +48,7 @@ def prior():
 
 def _flat_images(folder: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
     """``n`` flat-colour ``size``x``size`` PNGs: the prior learns 'the HR image is the LR colour'."""
-    from vsdsr_nerfstudio.prior_training import save_rgb
+    from vsdsr_nerfstudio.tools.train_prior import save_rgb
 
     g = torch.Generator().manual_seed(seed)
     for i in range(n):
@@ -56,11 +57,25 @@ def _flat_images(folder: Path, n: int = 12, size: int = 32, seed: int = 0) -> Pa
 
 
 def _train_config(images: Path, output: Path, max_steps: int, **kw):
-    from vsdsr_nerfstudio.prior_training import PriorTrainConfig
+    from vsdsr_nerfstudio.tools.train_prior import PriorTrainConfig
 
-    return PriorTrainConfig(images=images, output=output, preset="tiny", crop_size=32, batch_size=16, num_workers=0,
-                            max_steps=max_steps, lr=2e-3, warmup_steps=0, ema_decay=0.9, log_every=20,
-                            print_every_seconds=1e9, save_every_minutes=1e9, seed=0, **kw)
+    return PriorTrainConfig(
+        images=images,
+        output=output,
+        preset="tiny",
+        crop_size=32,
+        batch_size=16,
+        num_workers=0,
+        max_steps=max_steps,
+        lr=2e-3,
+        warmup_steps=0,
+        ema_decay=0.9,
+        log_every=20,
+        print_every_seconds=1e9,
+        save_every_minutes=1e9,
+        seed=0,
+        **kw,
+    )
 
 
 TRAIN_STEPS = 120
@@ -69,12 +84,13 @@ TRAIN_STEPS = 120
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny prior trained for TRAIN_STEPS steps on flat-colour images (with validation on two of them)."""
-    from vsdsr_nerfstudio.prior_training import train
+    from vsdsr_nerfstudio.tools.train_prior import train
 
     root = tmp_path_factory.mktemp("pixel-train")
     images = _flat_images(root / "images")
-    cfg = _train_config(images, root / "run", TRAIN_STEPS, val_images=images, val_count=2, val_crop=32,
-                        val_steps=3, val_every=0)
+    cfg = _train_config(
+        images, root / "run", TRAIN_STEPS, val_images=images, val_count=2, val_crop=32, val_steps=3, val_every=0
+    )
     result = train(cfg)
     return cfg, result
 
@@ -83,7 +99,7 @@ def trained(tmp_path_factory):
 
 
 def test_pixel_unshuffle_encode_decode_exact(prior):
-    from vsdsr_nerfstudio.sr.pixel_prior import pixel_decode, pixel_encode
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import pixel_decode, pixel_encode
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 36, 28, generator=g)
@@ -131,7 +147,7 @@ def test_base_config_size_and_attention_layout():
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import Attention
 
-    from vsdsr_nerfstudio.sr.pixel_prior import PIXEL_UNET_PRESETS, param_count_report
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PIXEL_UNET_PRESETS, param_count_report
 
     report = param_count_report("base")
     assert report["parameters"] == 7_759_024 and report["fp16_mib"] < 16.0  # one file back from a device run
@@ -151,7 +167,7 @@ def test_base_config_size_and_attention_layout():
 def test_save_load_identical_outputs(prior, tmp_path):
     from safetensors import safe_open
 
-    from vsdsr_nerfstudio.sr.pixel_prior import PixelSpacePrior
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PixelSpacePrior
 
     g = torch.Generator().manual_seed(3)
     z, lr = torch.randn(2, 48, 6, 5, generator=g), torch.randn(2, 3, 6, 5, generator=g)
@@ -159,8 +175,10 @@ def test_save_load_identical_outputs(prior, tmp_path):
     ref = prior.predict(z, t, lr, 20)
     # fp32 save -> identical outputs, loaded through SRPriorConfig(model_path=...) and through prior="embedded"
     prior.save_pretrained(tmp_path / "fp32", dtype=torch.float32)
-    for cfg in (SRPriorConfig(model_path=str(tmp_path / "fp32")),
-                SRPriorConfig(prior="embedded", model_path=str(tmp_path / "fp32"))):
+    for cfg in (
+        SRPriorConfig(model_path=str(tmp_path / "fp32")),
+        SRPriorConfig(prior="embedded", model_path=str(tmp_path / "fp32")),
+    ):
         loaded = cfg.setup(device="cpu")
         assert isinstance(loaded, PixelSpacePrior) and torch.equal(loaded.predict(z, t, lr, 20), ref)
     # fp16 (shipping) save -> identical to the fp16-rounded model
@@ -199,9 +217,11 @@ def test_sd_load_error_names_the_embedded_prior(tmp_path):
     assert "vsd-sr-embedded" in str(info.value)
 
 
-@pytest.mark.skipif(not (SHIPPED / "pixel_prior.json").is_file(),
-                    reason="the embedded prior's weights are not shipped yet (vsdsr_nerfstudio/assets/embedded_prior/ "
-                           "is absent; train them with vsdsr-train-prior)")
+@pytest.mark.skipif(
+    not (SHIPPED / "pixel_prior.json").is_file(),
+    reason="the embedded prior's weights are not shipped yet (vsdsr_nerfstudio/assets/embedded_prior/ "
+    "is absent; train them with vsdsr-train-prior)",
+)
 def test_shipped_embedded_prior_loads_offline(tmp_path):
     weights = SHIPPED / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 20_000_000
@@ -209,8 +229,8 @@ def test_shipped_embedded_prior_loads_offline(tmp_path):
     assert meta.get("terms") and meta["num_parameters"] <= 10_000_000
     code = (
         "import torch\n"
-        "from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig\n"
-        "from vsdsr_nerfstudio.sr.pixel_prior import ddim_upscale\n"
+        "from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig\n"
+        "from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale\n"
         "p = SRPriorConfig(prior='embedded').setup(device='cpu')\n"
         "out = ddim_upscale(p, torch.rand(1, 3, 16, 12), steps=2, generator=torch.Generator().manual_seed(0))\n"
         "print('OK', tuple(out.shape), p.num_parameters, bool(torch.isfinite(out).all()))\n"
@@ -223,13 +243,14 @@ def test_shipped_embedded_prior_loads_offline(tmp_path):
 def test_prior_config_import_stays_light():
     code = (
         "import sys\n"
-        "import vsdsr_nerfstudio.sr.prior_config as c\n"
+        "import vsdsr_nerfstudio.sr.priors.config as c\n"
         "cfg = c.SRPriorConfig(prior='embedded')\n"
         "c.is_pixel_prior_folder('/nonexistent'); c.embedded_prior_missing_message(c.EMBEDDED_PRIOR_DIR)\n"
         "print('HEAVY', [m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules])\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=_subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert "HEAVY []" in res.stdout, res.stdout + res.stderr
 
 
@@ -237,7 +258,7 @@ def test_prior_config_import_stays_light():
 
 
 def test_camera_lora_injects_and_camera_changes_the_lora_branch():
-    from vsdsr_nerfstudio.sr.lora import CameraLoRA
+    from vsdsr_nerfstudio.sr.core.lora import CameraLoRA
 
     prior = SRPriorConfig(prior="pixel-tiny").setup(device="cpu")  # own instance: adapters are injected in place
     g = torch.Generator().manual_seed(4)
@@ -252,8 +273,10 @@ def test_camera_lora_injects_and_camera_changes_the_lora_branch():
     out_a = lora.predict(z, t, lr, k, None, cams)
     out_b = lora.predict(z, t, lr, k, None, cams.flip(0))
     assert not torch.allclose(out_a, out_b)  # the camera embedding enters through the class embedding
-    assert torch.allclose(lora.predict(z, t, lr, k, None, torch.zeros_like(cams)),
-                          prior.predict(z, t, lr, k, extra_class_embedding=lora.camera_embedding(torch.zeros(2, 16))))
+    assert torch.allclose(
+        lora.predict(z, t, lr, k, None, torch.zeros_like(cams)),
+        prior.predict(z, t, lr, k, extra_class_embedding=lora.camera_embedding(torch.zeros(2, 16))),
+    )
     with torch.no_grad():  # non-zero LoRA B: the LoRA branch differs from the frozen base, the base is unchanged
         for n, p in zip(lora.lora_names, lora.lora_params, strict=True):
             if "lora_B" in n:
@@ -271,8 +294,8 @@ def test_camera_lora_injects_and_camera_changes_the_lora_branch():
 
 
 def test_trainer_loss_decreases_exports_and_resumes(trained):
-    from vsdsr_nerfstudio.prior_training import CHECKPOINT_NAME, train
-    from vsdsr_nerfstudio.sr.pixel_prior import PixelSpacePrior
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PixelSpacePrior
+    from vsdsr_nerfstudio.tools.train_prior import CHECKPOINT_NAME, train
 
     cfg, result = trained
     losses = result.losses
@@ -303,7 +326,7 @@ def test_trainer_loss_decreases_exports_and_resumes(trained):
 
 
 def test_trainer_time_budget_stops_and_saves(tmp_path):
-    from vsdsr_nerfstudio import prior_training
+    from vsdsr_nerfstudio.tools import train_prior as prior_training
 
     images = _flat_images(tmp_path / "images", n=3)
     # a budget that is already used up: no step is taken, but the run still saves a loadable model
@@ -314,7 +337,7 @@ def test_trainer_time_budget_stops_and_saves(tmp_path):
 
 
 def test_lr_degradations_and_noise_levels():
-    from vsdsr_nerfstudio.prior_training import PriorTrainConfig, make_lr, sample_noise_levels
+    from vsdsr_nerfstudio.tools.train_prior import PriorTrainConfig, make_lr, sample_noise_levels
 
     cfg = PriorTrainConfig(images=Path("."), output=Path("."))
     hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
@@ -345,7 +368,7 @@ def _stage_views(n: int = 2, seed: int = 1):
 def test_stage_optimiser_with_the_pixel_prior(trained, guidance):
     """VSD / SDS / RSD run unchanged on the pixel prior and move the renders towards what the trained prior
     believes (the LR colour): the stage lowers ``|decode(z) - nearest_up(LR)|^2``."""
-    from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+    from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 
     cfg, _ = trained
     prior = SRPriorConfig(model_path=str(Path(cfg.output) / "model")).setup("cpu")
@@ -363,7 +386,7 @@ def test_stage_optimiser_with_the_pixel_prior(trained, guidance):
     d1 = (images - target).pow(2).mean().item()
     assert images.shape == renders.shape and torch.isfinite(images).all()
     # VSD's first gradient is zero: the LoRA branch starts as the pretrained model (zero LoRA B, zero camera MLP)
-    assert all(s.grad_norm > 0 for s in stats[1 if guidance == "vsd" else 0:])
+    assert all(s.grad_norm > 0 for s in stats[1 if guidance == "vsd" else 0 :])
     assert d1 < 0.5 * d0, (guidance, d0, d1)
     if guidance == "vsd":
         assert stage.lora is not None and stage.lora.num_updates == 60
@@ -373,9 +396,9 @@ def test_stage_optimiser_with_the_pixel_prior(trained, guidance):
 
 
 def test_ddim_upscale_tiling_and_cli(prior, tmp_path):
-    from vsdsr_nerfstudio.prior_training import load_rgb_uint8, save_rgb
-    from vsdsr_nerfstudio.sr.pixel_prior import ddim_timesteps, ddim_upscale
-    from vsdsr_nerfstudio.upscale_cli import UpscaleConfig, upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_timesteps, ddim_upscale
+    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, save_rgb
+    from vsdsr_nerfstudio.tools.upscale import UpscaleConfig, upscale
 
     assert ddim_timesteps(1000, 4) == [999, 749, 499, 249] and ddim_timesteps(1000, 1) == [999]
     lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(6))
@@ -391,8 +414,9 @@ def test_ddim_upscale_tiling_and_cli(prior, tmp_path):
     assert sd_out.shape == (1, 3, 32, 32) and torch.isfinite(sd_out).all()
 
     save_rgb(lr[0], tmp_path / "in.png")
-    out = upscale(UpscaleConfig(image=tmp_path / "in.png", output=tmp_path / "out.png", prior="pixel-tiny",
-                                steps=2, device="cpu"))
+    out = upscale(
+        UpscaleConfig(image=tmp_path / "in.png", output=tmp_path / "out.png", prior="pixel-tiny", steps=2, device="cpu")
+    )
     assert load_rgb_uint8(out).shape == (3, 48, 40)
 
 
@@ -401,15 +425,17 @@ LPIPS_NPZ = REPO.parent / "shared" / "metrics" / "lpips_alex_features.npz"
 
 
 @pytest.mark.skipif(not (SHIPPED / "pixel_prior.json").is_file(), reason="the embedded prior's weights are not shipped")
-@pytest.mark.skipif(not (SR_TEST.is_dir() and LPIPS_NPZ.is_file()),
-                    reason=f"needs the held-out photos {SR_TEST} and the LPIPS weights {LPIPS_NPZ} (shared data)")
+@pytest.mark.skipif(
+    not (SR_TEST.is_dir() and LPIPS_NPZ.is_file()),
+    reason=f"needs the held-out photos {SR_TEST} and the LPIPS weights {LPIPS_NPZ} (shared data)",
+)
 def test_shipped_embedded_prior_beats_bicubic_in_lpips_on_held_out_photos():
     """The shipped weights are a trained prior, not noise: on centre crops of three held-out photos (never trained
     on), DDIM samples from x4 area-downsampled inputs are perceptually closer to the originals than bicubic
     (on the whole test set: LPIPS 0.339 vs 0.497, docs/benchmarks.md)."""
     from vsdsr_nerfstudio.metrics.lpips import build_lpips
-    from vsdsr_nerfstudio.prior_training import load_rgb_uint8
-    from vsdsr_nerfstudio.sr.pixel_prior import ddim_upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
+    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8
 
     torch.manual_seed(0)
     prior = SRPriorConfig(prior="embedded").setup(device="cpu")

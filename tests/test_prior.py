@@ -1,5 +1,6 @@
-"""Tests of the Stable Diffusion x4 upscaler prior (``sr/prior_config.py``, ``sr/sd_upscaler.py``,
-``sr/tiled_vae.py``, ``sr/text.py``, ``sr/sd_x4_configs.py``). CPU only, seeded, no network ever."""
+"""Tests of the Stable Diffusion x4 upscaler prior (``sr/priors/config.py``, ``sr/priors/sd_upscaler.py``,
+``sr/priors/tiled_vae.py``, ``sr/priors/text.py``, ``sr/priors/sd_x4_configs.py``). CPU only, seeded, no network
+ever."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from vsdsr_nerfstudio.sr.prior_config import PriorLoadError, SRPriorConfig
+from vsdsr_nerfstudio.sr.priors.config import PriorLoadError, SRPriorConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def prior():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """The tiny preset saved as a diffusers folder."""
-    from vsdsr_nerfstudio.sr.sd_upscaler import save_tiny_prior
+    from vsdsr_nerfstudio.sr.priors.sd_upscaler import save_tiny_prior
 
     return save_tiny_prior(tmp_path_factory.mktemp("tiny-x4"))
 
@@ -218,7 +219,7 @@ def _local_vae():
 
 @torch.no_grad()
 def test_tiled_vae_exact_for_local_vae():
-    from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode
+    from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode
 
     vae = _local_vae()
     tile, overlap = 56, 44  # zero-weight margin = overlap // 4 = 11 latent px (44 image px)
@@ -255,7 +256,7 @@ def test_tiled_vae_close_with_attention(prior):
     1e-2 and 0.3."""
     import copy
 
-    from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode
+    from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode
 
     g = torch.Generator().manual_seed(0)
     x = nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(128, 128), mode="bicubic")
@@ -274,7 +275,7 @@ def test_tiled_vae_close_with_attention(prior):
 
 @torch.no_grad()
 def test_single_tile_is_untouched(prior):
-    from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode
+    from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode
 
     z = torch.randn(1, 4, 16, 12, generator=torch.Generator().manual_seed(0))
     assert torch.equal(tiled_decode(prior.vae, z, 16, 4), prior.vae.decode(z).sample)
@@ -286,7 +287,7 @@ def test_single_tile_is_untouched(prior):
 
 
 def test_tile_layout():
-    from vsdsr_nerfstudio.sr.tiled_vae import blend_ramp, tile_starts
+    from vsdsr_nerfstudio.sr.priors.tiled_vae import blend_ramp, tile_starts
 
     assert tile_starts(10, 16, 4) == [0]
     assert tile_starts(64, 48, 40) == [0, 8, 16]
@@ -305,7 +306,7 @@ def test_prior_tiles_large_inputs(prior):
     """With a tile smaller than the latent, the prior's encode/decode go through the tiles."""
     import dataclasses
 
-    from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode
+    from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode
 
     cfg = dataclasses.replace(prior.config, vae_tile_size=8, vae_tile_overlap=4)
     old = prior.config
@@ -324,7 +325,7 @@ def test_prior_tiles_large_inputs(prior):
 
 
 def test_byte_tokenizer():
-    from vsdsr_nerfstudio.sr.text import ByteTokenizer
+    from vsdsr_nerfstudio.sr.priors.text import ByteTokenizer
 
     tok = ByteTokenizer()
     ids = tok(["horns, high resolution, 4K, photo", ""])
@@ -359,8 +360,8 @@ def test_clip_tokenizer_path(tiny_folder, tmp_path):
     """A folder with a real ``CLIPTokenizer`` (as the hub repo has) instead of the byte-tokenizer marker."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from vsdsr_nerfstudio.sr import sd_x4_configs
-    from vsdsr_nerfstudio.sr.text import load_tokenizer
+    from vsdsr_nerfstudio.sr.priors import sd_x4_configs
+    from vsdsr_nerfstudio.sr.priors.text import load_tokenizer
 
     folder = tmp_path / "clip-tok"
     shutil.copytree(tiny_folder, folder)
@@ -388,7 +389,13 @@ def test_clip_tokenizer_path(tiny_folder, tmp_path):
 
 def test_save_load_identical(prior, tiny_folder):
     assert {p.name for p in tiny_folder.iterdir()} >= {
-        "unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler", "model_index.json"
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "low_res_scheduler",
+        "model_index.json",
     }
     loaded = SRPriorConfig(model_path=str(tiny_folder)).setup(device="cpu")
     assert loaded.prediction_type == "v_prediction" and loaded.max_noise_level == 350
@@ -436,7 +443,7 @@ def test_light_import_and_offline_hub_id(tmp_path):
     PriorLoadError."""
     code = (
         "import sys\n"
-        "from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, PriorLoadError\n"
+        "from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, PriorLoadError\n"
         "cfg = SRPriorConfig(model_path='stabilityai/stable-diffusion-x4-upscaler')\n"
         "print('HEAVY', [m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules])\n"
         "try:\n"
@@ -460,7 +467,7 @@ def test_real_architecture_configs():
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from vsdsr_nerfstudio.sr import sd_x4_configs as c
+    from vsdsr_nerfstudio.sr.priors import sd_x4_configs as c
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**c.SD_X4_UNET)

@@ -5,7 +5,7 @@ import torch
 from synthetic_llff import make_llff_scene
 
 from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
-from vsdsr_nerfstudio.sr_datamanager import DataScaleError, SRDataManagerConfig
+from vsdsr_nerfstudio.pipeline.datamanager import DataScaleError, SRDataManagerConfig
 
 
 @pytest.fixture(scope="module")

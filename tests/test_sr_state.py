@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from vsdsr_nerfstudio.sr_state import (
+from vsdsr_nerfstudio.pipeline.state import (
     LATEST,
     SR_STATE_DIR,
     _atomic_write,
@@ -23,8 +23,12 @@ from vsdsr_nerfstudio.sr_state import (
 
 
 def _state(cycle: int, fill: int) -> dict:
-    return {"cycle": cycle, "step": 100 * cycle, "hr_images": torch.full((2, 8, 8, 3), fill, dtype=torch.uint8),
-            "written": torch.ones(2, dtype=torch.bool)}
+    return {
+        "cycle": cycle,
+        "step": 100 * cycle,
+        "hr_images": torch.full((2, 8, 8, 3), fill, dtype=torch.uint8),
+        "written": torch.ones(2, dtype=torch.bool),
+    }
 
 
 def test_save_find_load_round_trip(tmp_path):
@@ -67,7 +71,7 @@ def test_sigkill_in_the_middle_of_a_write_never_leaves_a_truncated_stage(tmp_pat
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vsdsr_nerfstudio.sr_state import _atomic_write, stage_file_name, SR_STATE_DIR
+        from vsdsr_nerfstudio.pipeline.state import _atomic_write, stage_file_name, SR_STATE_DIR
 
         def slow(handle):
             for _ in range(10_000):

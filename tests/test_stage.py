@@ -10,13 +10,17 @@ from torch import nn
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from vsdsr_nerfstudio.sr import stage as stage_mod  # noqa: E402
-from vsdsr_nerfstudio.sr.lora import normalized_flat_c2w  # noqa: E402
-from vsdsr_nerfstudio.sr.objectives import schedule_coefficients, x0_to_pred  # noqa: E402
-from vsdsr_nerfstudio.sr.prior_base import SRPrior  # noqa: E402
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig  # noqa: E402
-from vsdsr_nerfstudio.sr.stage import SRStage, patch_size_for, rolling_views  # noqa: E402
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig  # noqa: E402
+from vsdsr_nerfstudio.sr.core import stage as stage_mod  # noqa: E402
+from vsdsr_nerfstudio.sr.core.lora import normalized_flat_c2w  # noqa: E402
+from vsdsr_nerfstudio.sr.core.objectives import schedule_coefficients, x0_to_pred  # noqa: E402
+from vsdsr_nerfstudio.sr.core.stage import (  # noqa: E402
+    SRStage,
+    SRStageConfig,  # noqa: E402
+    patch_size_for,
+    rolling_views,
+)
+from vsdsr_nerfstudio.sr.priors.base import SRPrior  # noqa: E402
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig  # noqa: E402
 
 TARGET = torch.tensor([0.5, -0.3, 0.2, 0.1]).view(1, 4, 1, 1)
 
@@ -105,9 +109,20 @@ def test_pure_helpers():
 def test_stage_descends_to_the_prior_target_and_only_updates_the_residual(guidance):
     prior = AnalyticPrior()
     # the LoRA (lr 0.05) must track the latents faster than they move (lr 0.01), else VSD oscillates
-    cfg = SRStageConfig(guidance=guidance, guidance_scale=1.0, batch_size=2, patch_size=16, latent_lr=0.01,
-                        lora_every=1, lora_lr=0.05, vsd_loss="l2", camera_drop_prob=0.0, seed=0,
-                        t_max=0.7, t_min=0.7)  # fixed t: the loss values of different steps are comparable
+    cfg = SRStageConfig(
+        guidance=guidance,
+        guidance_scale=1.0,
+        batch_size=2,
+        patch_size=16,
+        latent_lr=0.01,
+        lora_every=1,
+        lora_lr=0.05,
+        vsd_loss="l2",
+        camera_drop_prob=0.0,
+        seed=0,
+        t_max=0.7,
+        t_min=0.7,
+    )  # fixed t: the loss values of different steps are comparable
     stage = cfg.setup(prior=prior)
     renders, lr, c2w = views_data()
     # one flat colour: the stub LoRA (a per-channel offset) can represent the latent "distribution" exactly
@@ -132,8 +147,9 @@ def test_stage_descends_to_the_prior_target_and_only_updates_the_residual(guidan
 def test_vsd_needs_the_lora_to_move_and_lora_tracks_the_particle():
     """With omega = gamma = 1 the VSD gradient is zero until the LoRA has learnt the current latents."""
     prior = AnalyticPrior()
-    cfg = SRStageConfig(guidance="vsd", guidance_scale=1.0, batch_size=2, patch_size=16, lora_every=1000,
-                        camera_drop_prob=0.0)
+    cfg = SRStageConfig(
+        guidance="vsd", guidance_scale=1.0, batch_size=2, patch_size=16, lora_every=1000, camera_drop_prob=0.0
+    )
     stage = cfg.setup(prior=prior)
     renders, lr, c2w = views_data()
     stage.begin(renders, lr, c2w, num_steps=3)
@@ -144,8 +160,9 @@ def test_vsd_needs_the_lora_to_move_and_lora_tracks_the_particle():
 
 def test_first_step_moves_delta_by_minus_lr_sign_g_inside_the_patches_only(monkeypatch):
     prior = make_tiny_prior()
-    cfg = SRStageConfig(batch_size=3, patch_size=8, latent_lr=1e-2, latent_weight_decay=0.0, vsd_loss="l1",
-                        guidance_scale=10.0, seed=1)
+    cfg = SRStageConfig(
+        batch_size=3, patch_size=8, latent_lr=1e-2, latent_weight_decay=0.0, vsd_loss="l1", guidance_scale=10.0, seed=1
+    )
     stage = cfg.setup(prior=prior)
     seen = {}
     real = stage_mod.surrogate_loss
@@ -163,8 +180,8 @@ def test_first_step_moves_delta_by_minus_lr_sign_g_inside_the_patches_only(monke
     inside = torch.zeros_like(delta, dtype=torch.bool)
     for b, (v, (y, x)) in enumerate(zip(stats.views, stats.patches, strict=True)):
         expected = -1e-2 * torch.sign(seen["grad"][b])  # Adam's first step is lr * sign(grad)
-        assert torch.allclose(delta[v, :, y:y + 8, x:x + 8], expected, atol=1e-6)
-        inside[v, :, y:y + 8, x:x + 8] = True
+        assert torch.allclose(delta[v, :, y : y + 8, x : x + 8], expected, atol=1e-6)
+        inside[v, :, y : y + 8, x : x + 8] = True
     assert (delta[~inside] == 0).all()
     assert stats.grad_norm == pytest.approx((0.5 / 3) * (seen["grad"] != 0).sum().sqrt().item(), rel=1e-4)
 
@@ -175,8 +192,9 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
     noise_level in every call; the LR conditioning is the real LR image's patch; g = w (eps_pre,w - eps_lora)."""
     prior = make_tiny_prior()
     omega, B, nl = 10.0, 3, 37
-    cfg = SRStageConfig(batch_size=B, patch_size=8, guidance_scale=omega, noise_level=nl, lora_every=1,
-                        camera_drop_prob=0.0, seed=2)
+    cfg = SRStageConfig(
+        batch_size=B, patch_size=8, guidance_scale=omega, noise_level=nl, lora_every=1, camera_drop_prob=0.0, seed=2
+    )
     stage = cfg.setup(prior=prior)
     lora = stage.lora
     with torch.no_grad():  # a non-trivial LoRA model
@@ -188,9 +206,18 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
 
     def predict_spy(z_t, t, lr_cond, noise_level, text=None, extra_class_embedding=None):
         out = real_predict(z_t, t, lr_cond, noise_level, text=text, extra_class_embedding=extra_class_embedding)
-        calls.append(dict(z_t=z_t.detach().clone(), t=t.clone(), lr=lr_cond.clone(), nl=noise_level.clone(),
-                          text=None if text is None else text.clone(), extra=extra_class_embedding is not None,
-                          lora_on=lora.is_enabled, out=out.detach().clone()))
+        calls.append(
+            dict(
+                z_t=z_t.detach().clone(),
+                t=t.clone(),
+                lr=lr_cond.clone(),
+                nl=noise_level.clone(),
+                text=None if text is None else text.clone(),
+                extra=extra_class_embedding is not None,
+                lora_on=lora.is_enabled,
+                out=out.detach().clone(),
+            )
+        )
         return out
 
     def noise_lr_spy(lr_images, noise_level, generator=None):
@@ -202,9 +229,11 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
     lora.camera_mlp.register_forward_hook(lambda m, args, out: mlp_inputs.append(args[0].detach().clone()))
     seen = {}
     real_surrogate = stage_mod.surrogate_loss
-    monkeypatch.setattr(stage_mod, "surrogate_loss",
-                        lambda z, grad, kind: seen.setdefault("g", grad.clone()) is not None and real_surrogate(
-                            z, grad, kind))
+    monkeypatch.setattr(
+        stage_mod,
+        "surrogate_loss",
+        lambda z, grad, kind: seen.setdefault("g", grad.clone()) is not None and real_surrogate(z, grad, kind),
+    )
 
     renders, lr, c2w = views_data(n=4, seed=3)
     stage.begin(renders, lr, c2w, num_steps=5)
@@ -222,12 +251,13 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
     # text CFG: cond then uncond on the pretrained branch; the LoRA branch gets the conditional text only
     cond, uncond = prior.text_embeddings()
     assert pre["z_t"].shape[0] == 2 * B
-    assert torch.allclose(pre["text"][:B], cond.expand(B, -1, -1)) and torch.allclose(pre["text"][B:],
-                                                                                      uncond.expand(B, -1, -1))
+    assert torch.allclose(pre["text"][:B], cond.expand(B, -1, -1)) and torch.allclose(
+        pre["text"][B:], uncond.expand(B, -1, -1)
+    )
     assert torch.allclose(lora_call["text"], cond.expand(B, -1, -1))
     # the LR conditioning is the patch of the REAL LR image of each patch's view
     for b, (v, (y, x)) in enumerate(zip(views, stats.patches, strict=True)):
-        assert torch.equal(noised[0][b], lr[v, :, y:y + 8, x:x + 8])
+        assert torch.equal(noised[0][b], lr[v, :, y : y + 8, x : x + 8])
     assert torch.equal(pre["lr"][:B], lora_call["lr"])  # same noised LR in both branches
     # each patch's camera is its own view's
     expected_cams = normalized_flat_c2w(c2w, lora.camera_center, lora.camera_scale)
@@ -284,8 +314,9 @@ def test_rsd_uses_one_noise_for_both_timesteps(monkeypatch):
     assert torch.equal(x0_t, x0_p)
     a_ref, _ = schedule_coefficients(prior.alphas_cumprod, torch.tensor([980, 979]))
     assert torch.allclose(a_t.flatten(), a_ref[0].flatten().expand(2)) and torch.allclose(
-        a_p.flatten(), a_ref[1].flatten().expand(2))
-    (z_in, t_in), = zts  # one CFG'd pretrained forward
+        a_p.flatten(), a_ref[1].flatten().expand(2)
+    )
+    ((z_in, t_in),) = zts  # one CFG'd pretrained forward
     assert torch.equal(z_in[:2], z_t) and (t_in == 980).all() and stats.t == 980
 
 
@@ -326,8 +357,9 @@ def test_delta_resets_each_stage_and_lora_persists():
     stage.config.lora_persist = False
     stage.begin(renders, lr, c2w, num_steps=2)
     assert stage.lora.num_calls == 0
-    assert all((p == 0).all() for n, p in zip(stage.lora.lora_names, stage.lora.lora_params, strict=True)
-               if "lora_B" in n)
+    assert all(
+        (p == 0).all() for n, p in zip(stage.lora.lora_names, stage.lora.lora_params, strict=True) if "lora_B" in n
+    )
 
 
 def test_base_weights_unchanged_and_output_shape_on_tiny_prior():

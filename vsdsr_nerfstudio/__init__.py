@@ -4,14 +4,14 @@ Every ``ns-*`` command imports this package through its entry points, so it stay
 transformers at import time (they load when the first upscaling stage starts).
 """
 
-from vsdsr_nerfstudio.checkpoint_compat import allow_nerfstudio_checkpoint_globals
+from vsdsr_nerfstudio.compat.checkpoints import allow_nerfstudio_checkpoint_globals
 
 __version__ = "0.1.0"
 
 allow_nerfstudio_checkpoint_globals()
 
 try:  # never let a video convenience break an ns-* command
-    from vsdsr_nerfstudio.video import use_bundled_ffmpeg
+    from vsdsr_nerfstudio.compat.ffmpeg import use_bundled_ffmpeg
 
     use_bundled_ffmpeg()
 except Exception:  # pragma: no cover

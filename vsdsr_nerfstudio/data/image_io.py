@@ -467,9 +467,7 @@ def resolve_image_folder(
         target = local
     else:
         target = user
-        CONSOLE.log(
-            f"[yellow]Data folder {data_dir} is not writable: caching {name}/ under {target.parent} instead."
-        )
+        CONSOLE.log(f"[yellow]Data folder {data_dir} is not writable: caching {name}/ under {target.parent} instead.")
     if target in stale:
         CONSOLE.log(f"[yellow]Cached folder {target} is stale ({stale[target]}): rebuilding it.")
     reduce = factor // source.factor
@@ -481,4 +479,3 @@ def resolve_image_folder(
     if problem is not None:  # pragma: no cover - a concurrent writer produced something else
         raise ImageFolderError(f"The freshly built cache {target} is invalid ({problem}); delete it and retry.")
     return ImageFolder(target, factor, tuple(list_images(target)), expected_hw, is_cache=True)
-

@@ -12,7 +12,7 @@ is always followed by a full sync stage (DiSR-NeRF's last stage is never synchro
 
 The diffusion prior loads lazily at the first upscaling stage, lives outside the ``nn.Module`` tree (so outside
 ``state_dict`` and checkpoints) and can be moved to the CPU during sync stages. After every upscaling stage the HR
-images and SR state are written atomically to ``<run>/sr_state/`` (see :mod:`vsdsr_nerfstudio.sr_state`);
+images and SR state are written atomically to ``<run>/sr_state/`` (see :mod:`vsdsr_nerfstudio.pipeline.state`);
 ``--load-dir`` resumes from the newest complete stage.
 
 What the pipeline needs from the NeRF (any nerfstudio model; `vsd-sr` uses Nerfacto, `vsd-sr-ngp` Instant-NGP):
@@ -47,17 +47,17 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerNumber, ViewerSlider, ViewerText
 from torch import Tensor
 
-from vsdsr_nerfstudio.model import VsdSrModelConfig
-from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig, check_prior_source, uses_pixel_prior
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig, pixel_prior_vsd_problem
-from vsdsr_nerfstudio.sr_datamanager import SRDataManager, SRDataManagerConfig
-from vsdsr_nerfstudio.sr_state import (
+from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
+from vsdsr_nerfstudio.pipeline.datamanager import SRDataManager, SRDataManagerConfig
+from vsdsr_nerfstudio.pipeline.state import (
     adopt_stage_file,
     latest_stage_file,
     load_stage_state,
     save_json_atomic,
     save_stage_state,
 )
+from vsdsr_nerfstudio.sr.core.stage import SRStageConfig, pixel_prior_vsd_problem
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, check_prior_source, uses_pixel_prior
 
 OOM_FIELDS = (
     "--pipeline.stage.batch-size, --pipeline.stage.patch-size, --pipeline.prior.vae-tile-size and "
@@ -186,8 +186,15 @@ class I3DSPipeline(VanillaPipeline):
     config: I3DSPipelineConfig
     datamanager: SRDataManager
 
-    def __init__(self, config: I3DSPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
-                 world_size: int = 1, local_rank: int = 0, grad_scaler: Optional[torch.cuda.amp.GradScaler] = None):
+    def __init__(
+        self,
+        config: I3DSPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
+    ):
         check_model_runtime(config.model, device)  # before the data: e.g. Instant-NGP without CUDA stops here
         warn_unstable_stage_settings(config)
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
@@ -226,8 +233,11 @@ class I3DSPipeline(VanillaPipeline):
     # ------------------------------------------------------------------------------------------- checkpoints
     def get_extra_state(self) -> Dict[str, Any]:
         """Small SR bookkeeping saved in every nerfstudio checkpoint; the large state is in ``sr_state/``."""
-        return {"cycles_done": self.sr.cycles_done, "last_stage_step": self.sr.last_stage_step,
-                "stage_file": self.sr.stage_file}
+        return {
+            "cycles_done": self.sr.cycles_done,
+            "last_stage_step": self.sr.last_stage_step,
+            "stage_file": self.sr.stage_file,
+        }
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.sr.cycles_done = int(state.get("cycles_done", 0))
@@ -235,8 +245,9 @@ class I3DSPipeline(VanillaPipeline):
         self.sr.stage_file = str(state.get("stage_file", ""))
 
     # ------------------------------------------------------------------------------------------- schedule
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes
-                               ) -> List[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(training_callback_attributes)
         self.sr.trainer = training_callback_attributes.trainer
         callbacks.append(
@@ -257,8 +268,11 @@ class I3DSPipeline(VanillaPipeline):
         """Record the phase that ends before NeRF step ``step`` (wall time, NeRF steps, peak GPU memory) and
         write all phases so far to ``<run>/sr_state/phase_times.json``."""
         seconds = time.perf_counter() - self.sr.phase_start
-        entry: Dict[str, Any] = {"phase": self.sr.phase_name, "seconds": round(seconds, 3),
-                                 "nerf_steps": step - self.sr.phase_start_step}
+        entry: Dict[str, Any] = {
+            "phase": self.sr.phase_name,
+            "seconds": round(seconds, 3),
+            "nerf_steps": step - self.sr.phase_start_step,
+        }
         if torch.cuda.is_available():
             entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         self.sr.phases.append(entry)
@@ -337,7 +351,7 @@ class I3DSPipeline(VanillaPipeline):
     # ------------------------------------------------------------------------------------------- the stage
     def _load_prior(self):
         if self.sr.prior is None:
-            from vsdsr_nerfstudio.sr.stage import SRStage
+            from vsdsr_nerfstudio.sr.core.stage import SRStage
 
             CONSOLE.print(f"Loading the diffusion prior ({self.config.prior.prior}: {self.config.prior.model_path})...")
             prompt = self.config.scene_prompt
@@ -422,8 +436,13 @@ class I3DSPipeline(VanillaPipeline):
 
             t0 = time.perf_counter()
             steps = self.config.upscale_steps
-            columns = (TextColumn(f"[bold]Upscaling stage {cycle}"), BarColumn(), TextColumn("{task.completed}/"
-                       "{task.total} {task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            columns = (
+                TextColumn(f"[bold]Upscaling stage {cycle}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} {task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
             with Progress(*columns, console=CONSOLE, transient=False) as progress:
                 task = progress.add_task("sr", total=steps, info="")
                 for k in range(steps):
@@ -479,7 +498,9 @@ class I3DSPipeline(VanillaPipeline):
                     fov=float(2 * torch.arctan(camera.cx / camera.fx[0]).item()),
                     aspect=float((camera.cx[0] / camera.cy[0]).item()),
                     scale=viewer.config.camera_frustum_scale,
-                    image=picture, wxyz=old.wxyz, position=old.position,
+                    image=picture,
+                    wxyz=old.wxyz,
+                    position=old.position,
                 )
                 new.on_click(_frustum_click_callback(viewer, index))
                 handles[index] = new
@@ -503,7 +524,8 @@ class I3DSPipeline(VanillaPipeline):
         total = sum(timings.values())
         CONSOLE.print(
             f"[bold green]Upscaling stage {cycle} done[/bold green] before step {step} in {total:.1f} s ("
-            + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")"
+            + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+            + ")"
         )
         for name, value in timings.items():
             writer.put_scalar(name=f"SR stage/{name} (s)", scalar=value, step=step)
@@ -544,4 +566,3 @@ def _set_rng_state(state: Dict[str, Tensor]) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-

@@ -26,8 +26,8 @@ from jaxtyping import Float, Int
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.prior_base import SRPrior
-from vsdsr_nerfstudio.sr.prior_config import (
+from vsdsr_nerfstudio.sr.priors.base import SRPrior
+from vsdsr_nerfstudio.sr.priors.config import (
     PriorLoadError,
     SRPriorConfig,
     hf_hub_offline_env,
@@ -35,13 +35,13 @@ from vsdsr_nerfstudio.sr.prior_config import (
     prior_load_error_message,
     resolve_dtype,
 )
-from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
-from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.prior_utils import denoise_with_class_offset, noise_lr_images
-from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
-from vsdsr_nerfstudio.sr.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
-from vsdsr_nerfstudio.sr.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
-from vsdsr_nerfstudio.sr.tiled_vae import tiled_decode, tiled_encode, vae_downscale
+from vsdsr_nerfstudio.sr.priors.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
+from vsdsr_nerfstudio.sr.priors.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
+from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode, vae_downscale
+from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
+from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
     "PriorLoadError",
@@ -84,9 +84,7 @@ class UpscalerComponents:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_random_components(
-    preset: str, seed: int = 0, device: Union[str, torch.device] = "cpu"
-) -> UpscalerComponents:
+def build_random_components(preset: str, seed: int = 0, device: Union[str, torch.device] = "cpu") -> UpscalerComponents:
     """The ``tiny`` or ``sd-x4-random`` preset: configs from ``sd_x4_configs``, weights from ``torch.manual_seed``
     (the global RNG states are restored afterwards), created directly on ``device``. Deterministic for a given
     seed, torch version and device type; the prior always builds ``tiny`` on the CPU (same weights everywhere)
@@ -258,16 +256,11 @@ def save_tiny_prior(folder: Union[str, Path], seed: int = 0) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 
-
 def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Move ``module`` to ``device``, casting only if its dtype differs (avoids diffusers' cast warning)."""
     if next(module.parameters()).dtype != dtype:
         nn.Module.to(module, dtype=dtype)  # plain cast: these models have no fp32-pinned modules
     return module.to(device=device)
-
-
-
-
 
 
 class SDUpscalerPrior(SRPrior):
@@ -331,9 +324,7 @@ class SDUpscalerPrior(SRPrior):
             raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
         self.prediction_type = prediction_type
         self.alphas_cumprod = comps.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.low_res_alphas_cumprod = comps.low_res_scheduler.alphas_cumprod.to(
-            device=self.device, dtype=torch.float32
-        )
+        self.low_res_alphas_cumprod = comps.low_res_scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
         self.max_noise_level = int(comps.max_noise_level)
 
         # Text: embeddings once, then release the encoder and tokenizer.
@@ -412,8 +403,9 @@ class SDUpscalerPrior(SRPrior):
         emb = emb.to(self.device, self.dtype)
         if emb.shape[0] == 1 and batch != 1:
             emb = emb.expand(batch, -1, -1)
-        out = denoise_with_class_offset(self.denoiser, self._class_hook, x, timesteps, labels, emb,
-                                        extra_class_embedding, self.class_embedding_dim)
+        out = denoise_with_class_offset(
+            self.denoiser, self._class_hook, x, timesteps, labels, emb, extra_class_embedding, self.class_embedding_dim
+        )
         return out.float()
 
     # ---- helpers -------------------------------------------------------------------------------------------

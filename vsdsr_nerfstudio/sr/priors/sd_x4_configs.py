@@ -184,7 +184,7 @@ TINY_TEXT_ENCODER: Config = {
     "projection_dim": 32,
     "vocab_size": 260,
 }
-"""Tiny ``CLIPTextModel`` fed by the byte tokenizer of ``sr/text.py`` (ids 0-255 bytes, 256 BOS, 257 EOS,
+"""Tiny ``CLIPTextModel`` fed by the byte tokenizer of ``sr/priors/text.py`` (ids 0-255 bytes, 256 BOS, 257 EOS,
 258 pad); 77 x 32 embeddings."""
 
 PRESETS: Dict[str, Dict[str, Any]] = {

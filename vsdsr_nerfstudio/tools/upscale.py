@@ -23,7 +23,7 @@ import torch
 import tyro
 from typing_extensions import Annotated
 
-from vsdsr_nerfstudio.sr.prior_config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
+from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
 
 
 @dataclass
@@ -67,11 +67,14 @@ def upscale(cfg: UpscaleConfig) -> Path:
     """Load the prior, upscale ``cfg.image`` and write ``cfg.output``; returns the output path."""
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from vsdsr_nerfstudio.prior_training import load_rgb_uint8, save_rgb
-    from vsdsr_nerfstudio.sr.pixel_prior import ddim_upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
+    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, save_rgb
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     pc = SRPriorConfig(prior=cfg.prior, unet_dtype=cfg.dtype, prompt=cfg.prompt, local_files_only=cfg.local_files_only)
     if cfg.model_path is not None:
         pc.model_path = cfg.model_path
@@ -81,15 +84,28 @@ def upscale(cfg: UpscaleConfig) -> Path:
     lr = load_rgb_uint8(cfg.image).float()[None] / 255.0
     t0 = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    autocast = (torch.autocast("cuda", dtype=prior.dtype) if device.type == "cuda" and prior.dtype != torch.float32
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=prior.dtype)
+        if device.type == "cuda" and prior.dtype != torch.float32
+        else contextlib.nullcontext()
+    )
     with autocast:
-        hr = ddim_upscale(prior, lr, steps=cfg.steps, noise_level=cfg.noise_level, generator=generator,
-                          guidance_scale=cfg.guidance_scale, tile=cfg.tile, tile_overlap=cfg.tile_overlap,
-                          progress=True)
+        hr = ddim_upscale(
+            prior,
+            lr,
+            steps=cfg.steps,
+            noise_level=cfg.noise_level,
+            generator=generator,
+            guidance_scale=cfg.guidance_scale,
+            tile=cfg.tile,
+            tile_overlap=cfg.tile_overlap,
+            progress=True,
+        )
     save_rgb(hr[0], cfg.output)
-    CONSOLE.print(f"{cfg.image} {tuple(lr.shape[-2:])} -> {cfg.output} {tuple(hr.shape[-2:])}: DDIM {cfg.steps} "
-                  f"steps in {time.perf_counter() - t0:.1f} s on {device}.")
+    CONSOLE.print(
+        f"{cfg.image} {tuple(lr.shape[-2:])} -> {cfg.output} {tuple(hr.shape[-2:])}: DDIM {cfg.steps} "
+        f"steps in {time.perf_counter() - t0:.1f} s on {device}."
+    )
     return cfg.output
 
 

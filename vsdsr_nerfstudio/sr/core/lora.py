@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.objectives import cfg_combine, q_sample, schedule_coefficients, training_target
-from vsdsr_nerfstudio.sr.prior_base import SRPrior
-from vsdsr_nerfstudio.sr.schedules import lora_timesteps
+from vsdsr_nerfstudio.sr.core.objectives import cfg_combine, q_sample, schedule_coefficients, training_target
+from vsdsr_nerfstudio.sr.core.schedules import lora_timesteps
+from vsdsr_nerfstudio.sr.priors.base import SRPrior
 
 DEFAULT_LORA_TARGETS: Tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -187,8 +187,14 @@ class CameraLoRA:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         denoiser = self.prior.denoiser
-        config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules,
-                            init_lora_weights="gaussian", lora_dropout=0.0, bias="none")
+        config = LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=self.target_modules,
+            init_lora_weights="gaussian",
+            lora_dropout=0.0,
+            bias="none",
+        )
         base_ids = {id(p) for p in denoiser.parameters()}
         if hasattr(denoiser, "add_adapter"):  # diffusers' PEFT integration (ModelMixin + PeftAdapterMixin)
             denoiser.add_adapter(config, adapter_name=self.adapter_name)
@@ -197,13 +203,15 @@ class CameraLoRA:
 
             inject_adapter_in_model(config, denoiser, adapter_name=self.adapter_name)
         self._layers: List[nn.Module] = [
-            m for m in denoiser.modules()
+            m
+            for m in denoiser.modules()
             if isinstance(m, BaseTunerLayer) and self.adapter_name in getattr(m, "lora_A", {})
         ]
         if not self._layers:
             raise ValueError(f"no module of the denoiser matches the LoRA targets {self.target_modules}")
         self.lora_names: List[str] = sorted(
-            n for n, p in denoiser.named_parameters() if id(p) not in base_ids and f".{self.adapter_name}." in n)
+            n for n, p in denoiser.named_parameters() if id(p) not in base_ids and f".{self.adapter_name}." in n
+        )
         params = dict(denoiser.named_parameters())
         self.lora_params: List[nn.Parameter] = [params[n] for n in self.lora_names]
         lora_ids = {id(p) for p in self.lora_params}
@@ -304,8 +312,14 @@ class CameraLoRA:
         if camera_guidance_scale == 1.0:
             return self.predict(z_t, t, lr_cond, noise_level, text, cameras)
         two = lambda x: None if x is None else torch.cat([x, x], dim=0)
-        out = self.predict(two(z_t), two(t), two(lr_cond), two(noise_level), two(text),
-                           torch.cat([cameras, torch.zeros_like(cameras)], dim=0))
+        out = self.predict(
+            two(z_t),
+            two(t),
+            two(lr_cond),
+            two(noise_level),
+            two(text),
+            torch.cat([cameras, torch.zeros_like(cameras)], dim=0),
+        )
         cond, uncond = out.chunk(2, dim=0)
         return cfg_combine(uncond, cond, camera_guidance_scale)
 
@@ -378,8 +392,12 @@ class CameraLoRA:
     def state_dict(self) -> Dict[str, Any]:
         """LoRA weights, camera MLP, optimiser, grad scaler, counters, camera normalisation and RNG states."""
         return {
-            "meta": {"rank": self.rank, "alpha": self.alpha, "target_modules": list(self.target_modules),
-                     "adapter_name": self.adapter_name},
+            "meta": {
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "target_modules": list(self.target_modules),
+                "adapter_name": self.adapter_name,
+            },
             "lora": {n: p.detach().clone() for n, p in zip(self.lora_names, self.lora_params, strict=True)},
             "camera_mlp": {k: v.detach().clone() for k, v in self.camera_mlp.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # no tensors shared with the live state
@@ -397,8 +415,10 @@ class CameraLoRA:
         """Restore :meth:`state_dict` (same rank / targets / adapter name required)."""
         meta = state["meta"]
         if meta["rank"] != self.rank or list(meta["target_modules"]) != self.target_modules:
-            raise ValueError(f"LoRA checkpoint (rank {meta['rank']}, targets {meta['target_modules']}) does not "
-                             f"match this LoRA (rank {self.rank}, targets {self.target_modules})")
+            raise ValueError(
+                f"LoRA checkpoint (rank {meta['rank']}, targets {meta['target_modules']}) does not "
+                f"match this LoRA (rank {self.rank}, targets {self.target_modules})"
+            )
         missing = set(self.lora_names) ^ set(state["lora"])
         if missing:
             raise ValueError(f"LoRA checkpoint parameter names differ: {sorted(missing)[:5]} ...")

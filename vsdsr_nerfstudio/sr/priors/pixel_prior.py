@@ -43,9 +43,9 @@ from jaxtyping import Float, Int
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.objectives import ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
-from vsdsr_nerfstudio.sr.prior_base import SRPrior
-from vsdsr_nerfstudio.sr.prior_config import (
+from vsdsr_nerfstudio.sr.core.objectives import ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
+from vsdsr_nerfstudio.sr.priors.base import SRPrior
+from vsdsr_nerfstudio.sr.priors.config import (
     MODEL_PATH_FIELD,
     PIXEL_PRIOR_CONFIG_NAME,
     PriorLoadError,
@@ -54,10 +54,10 @@ from vsdsr_nerfstudio.sr.prior_config import (
     is_pixel_prior_folder,
     resolve_dtype,
 )
-from vsdsr_nerfstudio.sr.prior_utils import AddToOutput as _AddToOutput
-from vsdsr_nerfstudio.sr.prior_utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.prior_utils import denoise_with_class_offset, noise_lr_images
-from vsdsr_nerfstudio.sr.prior_utils import randn_on as _randn
+from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
+from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
     "DEFAULT_SAMPLE_NOISE_LEVEL",
@@ -124,9 +124,7 @@ def _unet_config(
         "in_channels": LATENT_CHANNELS + 3,
         "out_channels": LATENT_CHANNELS,
         "down_block_types": tuple("AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(n)),
-        "up_block_types": tuple(
-            "AttnUpBlock2D" if (n - 1 - i) in attention_levels else "UpBlock2D" for i in range(n)
-        ),
+        "up_block_types": tuple("AttnUpBlock2D" if (n - 1 - i) in attention_levels else "UpBlock2D" for i in range(n)),
         "mid_block_type": "UNetMidBlock2D",  # one ResNet (diffusers builds it without attention here)
         "block_out_channels": tuple(block_out_channels),
         "layers_per_block": layers_per_block,
@@ -143,17 +141,32 @@ PIXEL_UNET_PRESETS: Dict[str, Dict[str, Any]] = {
     # file; ~19 GFLOP per forward of a 64x64 LR crop. Widest where it matters, on the LR grid (128 channels for the
     # 48 latent channels), 3 levels (receptive field far beyond a 16x16 HR neighbourhood), self-attention (6 heads
     # of 32) at LR/4 (256 tokens for a 64 px LR crop, 1024 for the SR stage's 128 px latent patch).
-    "base": _unet_config((128, 128, 192), attention_levels=(2,), layers_per_block=1, attention_head_dim=32,
-                         norm_num_groups=32, time_embedding_dim=256, sample_size=64),
+    "base": _unet_config(
+        (128, 128, 192),
+        attention_levels=(2,),
+        layers_per_block=1,
+        attention_head_dim=32,
+        norm_num_groups=32,
+        time_embedding_dim=256,
+        sample_size=64,
+    ),
     # Tests / CPU: ~0.1 M parameters, same block types.
-    "tiny": _unet_config((32, 32), attention_levels=(1,), layers_per_block=1, attention_head_dim=16,
-                         norm_num_groups=8, time_embedding_dim=64, sample_size=16),
+    "tiny": _unet_config(
+        (32, 32),
+        attention_levels=(1,),
+        layers_per_block=1,
+        attention_head_dim=16,
+        norm_num_groups=8,
+        time_embedding_dim=64,
+        sample_size=16,
+    ),
 }
 """UNet configs by preset name: ``base`` (the embedded prior) and ``tiny`` (``prior="pixel-tiny"``)."""
 
 
-def build_pixel_unet(preset: str = "base", seed: Optional[int] = 0, device: Union[str, torch.device] = "cpu"
-                     ) -> nn.Module:
+def build_pixel_unet(
+    preset: str = "base", seed: Optional[int] = 0, device: Union[str, torch.device] = "cpu"
+) -> nn.Module:
     """A ``UNet2DConditionModel`` of ``preset`` with weights from ``torch.manual_seed(seed)`` (global RNG restored;
     ``seed=None`` uses the current global RNG), built on ``device``."""
     from diffusers import UNet2DConditionModel
@@ -191,8 +204,7 @@ def pixel_encode(images: Float[Tensor, "B 3 H W"], scale: int = SCALE) -> Float[
     return F.pixel_unshuffle(images * 2.0 - 1.0, scale)
 
 
-def pixel_decode(latents: Float[Tensor, "B C h w"], scale: int = SCALE, clamp: bool = True
-                 ) -> Float[Tensor, "B 3 H W"]:
+def pixel_decode(latents: Float[Tensor, "B C h w"], scale: int = SCALE, clamp: bool = True) -> Float[Tensor, "B 3 H W"]:
     """Inverse of :func:`pixel_encode`: ``(pixel_shuffle(z) + 1) / 2`` (clamped to [0, 1] unless ``clamp=False``)."""
     x = (F.pixel_shuffle(latents, scale) + 1.0) / 2.0
     return x.clamp(0.0, 1.0) if clamp else x
@@ -201,11 +213,6 @@ def pixel_decode(latents: Float[Tensor, "B C h w"], scale: int = SCALE, clamp: b
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-
-
-
 
 
 def _pixel_load_error(folder: Union[str, Path], what: str, cause: Optional[BaseException] = None) -> PriorLoadError:
@@ -267,8 +274,10 @@ class PixelSpacePrior(SRPrior):
 
         cfg = unet.config
         if cfg.in_channels != LATENT_CHANNELS + 3 or cfg.out_channels != LATENT_CHANNELS:
-            raise ValueError(f"UNet channels {cfg.in_channels}->{cfg.out_channels}; a pixel prior needs "
-                             f"{LATENT_CHANNELS + 3}->{LATENT_CHANNELS}.")
+            raise ValueError(
+                f"UNet channels {cfg.in_channels}->{cfg.out_channels}; a pixel prior needs "
+                f"{LATENT_CHANNELS + 3}->{LATENT_CHANNELS}."
+            )
         if getattr(unet, "class_embedding", None) is None:
             raise ValueError("The UNet has no noise-level class embedding (num_class_embeds).")
         if next(unet.parameters()).dtype != dtype:
@@ -282,8 +291,10 @@ class PixelSpacePrior(SRPrior):
         self.class_embedding_dim = int(unet.class_embedding.weight.shape[1])
         self.size_multiple = 2 ** (len(cfg.block_out_channels) - 1)
         if int(unet.class_embedding.num_embeddings) <= max_noise_level:
-            raise ValueError(f"class embedding has {unet.class_embedding.num_embeddings} entries; max_noise_level "
-                             f"{max_noise_level} needs {max_noise_level + 1}.")
+            raise ValueError(
+                f"class embedding has {unet.class_embedding.num_embeddings} entries; max_noise_level "
+                f"{max_noise_level} needs {max_noise_level + 1}."
+            )
 
         self.scheduler = scheduler
         self.low_res_scheduler = low_res_scheduler
@@ -299,15 +310,26 @@ class PixelSpacePrior(SRPrior):
 
     @classmethod
     def random(
-        cls, preset: str = "tiny", seed: int = 0, device: Union[str, torch.device] = "cpu",
+        cls,
+        preset: str = "tiny",
+        seed: int = 0,
+        device: Union[str, torch.device] = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> "PixelSpacePrior":
         """A prior of UNet ``preset`` with seeded random weights (built on the CPU: same weights on every device)."""
         unet = build_pixel_unet(preset, seed, "cpu")
         scheduler, low_res = _make_schedulers()
         meta = {"preset": preset, "seed": seed, "random_weights": True}
-        return cls(unet, scheduler, low_res, MAX_NOISE_LEVEL, device, dtype,
-                   source=f"preset {preset!r} (random weights, seed {seed})", meta=meta)
+        return cls(
+            unet,
+            scheduler,
+            low_res,
+            MAX_NOISE_LEVEL,
+            device,
+            dtype,
+            source=f"preset {preset!r} (random weights, seed {seed})",
+            meta=meta,
+        )
 
     @classmethod
     def from_pretrained(
@@ -334,11 +356,20 @@ class PixelSpacePrior(SRPrior):
             low_res = DDPMScheduler.from_pretrained(folder / "low_res_scheduler", local_files_only=True)
         except Exception as err:  # noqa: BLE001 - every failure mode ends up as a PriorLoadError
             raise _pixel_load_error(folder, "reading it failed", err) from err
-        return cls(unet, scheduler, low_res, int(meta.get("max_noise_level", MAX_NOISE_LEVEL)), device, dtype,
-                   source=str(folder), meta=meta)
+        return cls(
+            unet,
+            scheduler,
+            low_res,
+            int(meta.get("max_noise_level", MAX_NOISE_LEVEL)),
+            device,
+            dtype,
+            source=str(folder),
+            meta=meta,
+        )
 
-    def save_pretrained(self, folder: Union[str, Path], dtype: torch.dtype = torch.float16,
-                        meta: Optional[Dict[str, Any]] = None) -> Path:
+    def save_pretrained(
+        self, folder: Union[str, Path], dtype: torch.dtype = torch.float16, meta: Optional[Dict[str, Any]] = None
+    ) -> Path:
         """Write the prior as a folder that :meth:`from_pretrained` and ``SRPriorConfig(model_path=folder)`` load:
         ``pixel_prior.json``, ``unet/`` (safetensors in ``dtype``, fp16 by default), ``scheduler/``,
         ``low_res_scheduler/``. ``meta`` entries are merged into the metadata. Refuses a denoiser with LoRA
@@ -346,8 +377,15 @@ class PixelSpacePrior(SRPrior):
         names = [n for n, _ in self.denoiser.named_parameters() if "lora_" in n]
         if names:
             raise ValueError(f"the denoiser carries LoRA adapters ({names[0]}, ...); save a clean prior")
-        return save_pixel_prior(folder, self.denoiser, self.scheduler, self.low_res_scheduler, self.max_noise_level,
-                                dtype=dtype, meta={**self.meta, **(meta or {})})
+        return save_pixel_prior(
+            folder,
+            self.denoiser,
+            self.scheduler,
+            self.low_res_scheduler,
+            self.max_noise_level,
+            dtype=dtype,
+            meta={**self.meta, **(meta or {})},
+        )
 
     # ---- SRPrior -----------------------------------------------------------------------------------------------
 
@@ -396,8 +434,9 @@ class PixelSpacePrior(SRPrior):
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         timesteps = _as_batch(t, batch, self.device)
         labels = _as_batch(noise_level, batch, self.device)
-        out = denoise_with_class_offset(self.denoiser, self._class_hook, x, timesteps, labels, None,
-                                        extra_class_embedding, self.class_embedding_dim)
+        out = denoise_with_class_offset(
+            self.denoiser, self._class_hook, x, timesteps, labels, None, extra_class_embedding, self.class_embedding_dim
+        )
         return out[..., :h, :w].float()
 
     # ---- helpers -----------------------------------------------------------------------------------------------
@@ -420,9 +459,14 @@ class PixelSpacePrior(SRPrior):
         return sum(p.numel() for n, p in self.denoiser.named_parameters() if "lora_" not in n)
 
     @torch.no_grad()
-    def upscale(self, lr_images: Float[Tensor, "B 3 h w"], steps: int = DEFAULT_SAMPLE_STEPS,
-                noise_level: int = DEFAULT_SAMPLE_NOISE_LEVEL, generator: Optional[torch.Generator] = None,
-                **kwargs: Any) -> Float[Tensor, "B 3 H W"]:
+    def upscale(
+        self,
+        lr_images: Float[Tensor, "B 3 h w"],
+        steps: int = DEFAULT_SAMPLE_STEPS,
+        noise_level: int = DEFAULT_SAMPLE_NOISE_LEVEL,
+        generator: Optional[torch.Generator] = None,
+        **kwargs: Any,
+    ) -> Float[Tensor, "B 3 H W"]:
         """x4 upscale LR images in [0, 1] by DDIM sampling; see :func:`ddim_upscale`."""
         return ddim_upscale(self, lr_images, steps=steps, noise_level=noise_level, generator=generator, **kwargs)
 
@@ -453,7 +497,7 @@ def save_pixel_prior(
     n_params = sum(p.numel() for p in export.parameters())
     info = {
         "_class_name": "PixelSpacePrior",
-        "_module": "vsdsr_nerfstudio.sr.pixel_prior",
+        "_module": "vsdsr_nerfstudio.sr.priors.pixel_prior",
         "_diffusers_version": diffusers.__version__,
         "format_version": FORMAT_VERSION,
         "scale": SCALE,
@@ -463,8 +507,14 @@ def save_pixel_prior(
         "max_noise_level": int(max_noise_level),
         "num_parameters": n_params,
         "weights_dtype": str(dtype).replace("torch.", ""),
-        "sampler": {"name": "ddim", "eta": 0.0, "timestep_spacing": "trailing", "steps": DEFAULT_SAMPLE_STEPS,
-                    "noise_level": DEFAULT_SAMPLE_NOISE_LEVEL, "clip_x0": 1.0},
+        "sampler": {
+            "name": "ddim",
+            "eta": 0.0,
+            "timestep_spacing": "trailing",
+            "steps": DEFAULT_SAMPLE_STEPS,
+            "noise_level": DEFAULT_SAMPLE_NOISE_LEVEL,
+            "clip_x0": 1.0,
+        },
     }
     info.update(meta or {})
     info["num_parameters"] = n_params
@@ -483,7 +533,7 @@ def build_pixel_prior(config: SRPriorConfig, device: Union[str, torch.device] = 
     elif is_pixel_prior_folder(config.model_path):
         prior = PixelSpacePrior.from_pretrained(config.model_path, device, dtype)
     elif config.prior == "embedded":
-        from vsdsr_nerfstudio.sr import prior_config
+        from vsdsr_nerfstudio.sr.priors import config as prior_config
 
         folder = prior_config.EMBEDDED_PRIOR_DIR  # looked up now, so tests can point it elsewhere
         if not is_pixel_prior_folder(folder):
@@ -491,10 +541,11 @@ def build_pixel_prior(config: SRPriorConfig, device: Union[str, torch.device] = 
         prior = PixelSpacePrior.from_pretrained(folder, device, dtype)
     else:
         raise ValueError(f"{config.prior!r} with model_path {config.model_path!r} is not a pixel-space prior")
-    CONSOLE.print(f"Pixel-space x4 prior from {prior.source}: {prior.num_parameters / 1e6:.2f} M parameters, "
-                  f"{prior.dtype} on {prior.device}, {prior.prediction_type}, no text, exact pixel-unshuffle latent.")
+    CONSOLE.print(
+        f"Pixel-space x4 prior from {prior.source}: {prior.num_parameters / 1e6:.2f} M parameters, "
+        f"{prior.dtype} on {prior.device}, {prior.prediction_type}, no text, exact pixel-unshuffle latent."
+    )
     return prior
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -530,8 +581,9 @@ def _ramp(n: int, start: int, tile: int, size: int, overlap: int, device: torch.
     return w
 
 
-def _guided_predict(prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor,
-                    guidance_scale: float) -> Tensor:
+def _guided_predict(
+    prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
+) -> Tensor:
     """``prior.predict`` with text CFG where the prior uses text (``guidance_scale != 1``), plain otherwise."""
     if not prior.uses_text:
         return prior.predict(z_t, t, lr_cond, noise_level)
@@ -542,14 +594,27 @@ def _guided_predict(prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noi
     if guidance_scale == 1.0:
         return prior.predict(z_t, t, lr_cond, noise_level, text=cond.expand(batch, -1, -1))
     two = lambda x: torch.cat([x, x])
-    out = prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level),
-                        text=torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)]))
+    out = prior.predict(
+        two(z_t),
+        two(t),
+        two(lr_cond),
+        two(noise_level),
+        text=torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)]),
+    )
     pred_c, pred_u = out.chunk(2)
     return pred_u + guidance_scale * (pred_c - pred_u)
 
 
-def _tiled_predict(prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor,
-                   guidance_scale: float, tile: int, overlap: int) -> Tensor:
+def _tiled_predict(
+    prior: SRPrior,
+    z_t: Tensor,
+    t: Tensor,
+    lr_cond: Tensor,
+    noise_level: Tensor,
+    guidance_scale: float,
+    tile: int,
+    overlap: int,
+) -> Tensor:
     """The prediction over the whole latent, computed on overlapping ``tile`` x ``tile`` windows (LR pixels) and
     blended with linear ramps (MultiDiffusion-style: every DDIM step sees one seamless prediction)."""
     _, _, h, w = z_t.shape
@@ -562,13 +627,19 @@ def _tiled_predict(prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, nois
     for y in _tile_starts(h, tile, stride):
         for x in _tile_starts(w, tile, stride):
             th, tw = min(tile, h), min(tile, w)
-            pred = _guided_predict(prior, z_t[..., y:y + th, x:x + tw], t, lr_cond[..., y:y + th, x:x + tw],
-                                   noise_level, guidance_scale)
+            pred = _guided_predict(
+                prior,
+                z_t[..., y : y + th, x : x + tw],
+                t,
+                lr_cond[..., y : y + th, x : x + tw],
+                noise_level,
+                guidance_scale,
+            )
             wy = _ramp(th, y, tile, h, overlap, z_t.device)
             wx = _ramp(tw, x, tile, w, overlap, z_t.device)
             wt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y:y + th, x:x + tw] += pred * wt
-            weight[..., y:y + th, x:x + tw] += wt
+            out[..., y : y + th, x : x + tw] += pred * wt
+            weight[..., y : y + th, x : x + tw] += wt
     return out / weight
 
 
@@ -648,4 +719,3 @@ def param_count_report(preset: str = "base") -> Dict[str, float]:
         unet = UNet2DConditionModel(**PIXEL_UNET_PRESETS[preset])
     n = sum(p.numel() for p in unet.parameters())
     return {"parameters": float(n), "fp16_megabytes": n * 2 / 1e6, "fp16_mib": n * 2 / 2**20}
-

@@ -57,24 +57,31 @@ def vsd_weight(alphas_cumprod: Float[Tensor, " T"], t: Int[Tensor, " B"]) -> Flo
 
 
 def q_sample(
-    x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"]
+    x0: Float[Tensor, "B C h w"],
+    noise: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
 ) -> Float[Tensor, "B C h w"]:
     """Forward diffusion ``z_t = a_t x0 + s_t noise``."""
     return a_t * x0 + s_t * noise
 
 
 def v_target(
-    x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"]
+    x0: Float[Tensor, "B C h w"],
+    noise: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
 ) -> Float[Tensor, "B C h w"]:
     """The v-prediction target ``v = a_t noise - s_t x0``."""
     return a_t * noise - s_t * x0
 
 
 def training_target(
-    x0: Float[Tensor, "B C h w"], noise: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"], prediction_type: PredictionType
+    x0: Float[Tensor, "B C h w"],
+    noise: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
+    prediction_type: PredictionType,
 ) -> Float[Tensor, "B C h w"]:
     """What a denoiser of ``prediction_type`` is trained to output: ``v`` for a v-model, ``noise`` for an eps-model."""
     _check_prediction_type(prediction_type)
@@ -84,8 +91,11 @@ def training_target(
 
 
 def pred_to_eps(
-    pred: Float[Tensor, "B C h w"], z_t: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"], prediction_type: PredictionType
+    pred: Float[Tensor, "B C h w"],
+    z_t: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
+    prediction_type: PredictionType,
 ) -> Float[Tensor, "B C h w"]:
     """Denoiser output -> noise estimate. v-model: ``eps = a_t v + s_t z_t``; eps-model: identity."""
     _check_prediction_type(prediction_type)
@@ -96,8 +106,11 @@ def pred_to_eps(
 
 
 def pred_to_x0(
-    pred: Float[Tensor, "B C h w"], z_t: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"], prediction_type: PredictionType
+    pred: Float[Tensor, "B C h w"],
+    z_t: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
+    prediction_type: PredictionType,
 ) -> Float[Tensor, "B C h w"]:
     """Denoiser output -> clean estimate. v-model: ``x0 = a_t z_t - s_t v``; eps-model: ``(z_t - s_t eps) / a_t``."""
     _check_prediction_type(prediction_type)
@@ -108,8 +121,11 @@ def pred_to_x0(
 
 
 def eps_to_pred(
-    eps: Float[Tensor, "B C h w"], z_t: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"], prediction_type: PredictionType
+    eps: Float[Tensor, "B C h w"],
+    z_t: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
+    prediction_type: PredictionType,
 ) -> Float[Tensor, "B C h w"]:
     """Inverse of :func:`pred_to_eps`. v-model: ``v = (eps - s_t z_t) / a_t``; eps-model: identity."""
     _check_prediction_type(prediction_type)
@@ -120,8 +136,11 @@ def eps_to_pred(
 
 
 def x0_to_pred(
-    x0: Float[Tensor, "B C h w"], z_t: Float[Tensor, "B C h w"], a_t: Float[Tensor, "B 1 1 1"],
-    s_t: Float[Tensor, "B 1 1 1"], prediction_type: PredictionType
+    x0: Float[Tensor, "B C h w"],
+    z_t: Float[Tensor, "B C h w"],
+    a_t: Float[Tensor, "B 1 1 1"],
+    s_t: Float[Tensor, "B 1 1 1"],
+    prediction_type: PredictionType,
 ) -> Float[Tensor, "B C h w"]:
     """Inverse of :func:`pred_to_x0`. v-model: ``v = (a_t z_t - x0) / s_t``; eps-model: ``(z_t - a_t x0) / s_t``."""
     _check_prediction_type(prediction_type)
@@ -170,8 +189,10 @@ def surrogate_loss(
 
 
 def ddim_step(
-    x0_hat: Float[Tensor, "B C h w"], eps_hat: Float[Tensor, "B C h w"], a_prev: Float[Tensor, "B 1 1 1"],
-    s_prev: Float[Tensor, "B 1 1 1"]
+    x0_hat: Float[Tensor, "B C h w"],
+    eps_hat: Float[Tensor, "B C h w"],
+    a_prev: Float[Tensor, "B 1 1 1"],
+    s_prev: Float[Tensor, "B 1 1 1"],
 ) -> Float[Tensor, "B C h w"]:
     """One deterministic DDIM step (= first-order DPM-Solver++): ``z_{t-1} = a_{t-1} x0_hat + s_{t-1} eps_hat``."""
     return a_prev * x0_hat + s_prev * eps_hat

@@ -1,5 +1,5 @@
 """The Instant-NGP NeRF of `vsd-sr-ngp`: nerfstudio's ``NGPModel`` with defaults for 4x detail and the same offline
-HR evaluation as :class:`~vsdsr_nerfstudio.model.VsdSrModel` (the Nerfacto default of `vsd-sr`).
+HR evaluation as :class:`~vsdsr_nerfstudio.models.nerfacto.VsdSrModel` (the Nerfacto default of `vsd-sr`).
 
 Differences from nerfstudio's Instant-NGP (1.1.5), and why:
 
@@ -16,8 +16,8 @@ Differences from nerfstudio's Instant-NGP (1.1.5), and why:
   and HR stages would corrupt the super-resolved targets).
 - **CUDA required**: nerfacc's ray marching is CUDA-only. :meth:`VsdSrNGPModelConfig.check_runtime` (called by the
   I3DS pipeline before any data is loaded) and ``populate_modules`` raise
-  :class:`~vsdsr_nerfstudio.nerfacc_cuda.NerfaccCudaError` with what to do, instead of a deep nerfacc traceback.
-- **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.metrics.offline_eval`): lazy offline LPIPS, NIQE.
+  :class:`~vsdsr_nerfstudio.models.nerfacc_cuda.NerfaccCudaError` with what to do, instead of a deep nerfacc traceback.
+- **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.models.offline_eval`): lazy offline LPIPS, NIQE.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Optional, Type, Union
 import torch
 from nerfstudio.models.instant_ngp import InstantNGPModelConfig, NGPModel
 
-from vsdsr_nerfstudio.metrics.offline_eval import OfflineEvalConfig, OfflineEvalMixin
-from vsdsr_nerfstudio.nerfacc_cuda import require_nerfacc_cuda
+from vsdsr_nerfstudio.models.nerfacc_cuda import require_nerfacc_cuda
+from vsdsr_nerfstudio.models.offline_eval import OfflineEvalConfig, OfflineEvalMixin
 
 
 @dataclass
@@ -79,6 +79,6 @@ class VsdSrNGPModel(OfflineEvalMixin, NGPModel):
         if (self.field.embedding_appearance is not None) != wanted:
             raise RuntimeError(
                 "nerfstudio's NGPModel no longer inverts use_appearance_embedding; remove the inversion in "
-                "vsdsr_nerfstudio/ngp_model.py"
+                "vsdsr_nerfstudio/models/instant_ngp.py"
             )
         self.field.use_average_appearance_embedding = self.config.use_average_appearance_embedding

@@ -91,9 +91,7 @@ def _tiled(
             chunk = x[..., y0 * in_scale : (y0 + th) * in_scale, x0 * in_scale : (x0 + tw) * in_scale]
             res = fn(chunk)
             if out is None:
-                out = torch.zeros(
-                    (*res.shape[:-2], h * out_scale, w * out_scale), device=res.device, dtype=res.dtype
-                )
+                out = torch.zeros((*res.shape[:-2], h * out_scale, w * out_scale), device=res.device, dtype=res.dtype)
                 weight = torch.zeros((h * out_scale, w * out_scale), device=res.device, dtype=res.dtype)
             wy = blend_ramp(th * out_scale, iy > 0, iy < len(ys) - 1, overlap * out_scale, res.device, res.dtype)
             wx = blend_ramp(tw * out_scale, ix > 0, ix < len(xs) - 1, overlap * out_scale, res.device, res.dtype)

@@ -1,7 +1,8 @@
 """The offline HR evaluation of our models, in one place for every NeRF `vsd-sr` can super-resolve.
 
-Both :class:`~vsdsr_nerfstudio.model.VsdSrModel` (Nerfacto) and :class:`~vsdsr_nerfstudio.ngp_model.VsdSrNGPModel`
-(Instant-NGP) mix these in, so their held-out metrics are computed the same way:
+Both :class:`~vsdsr_nerfstudio.models.nerfacto.VsdSrModel` (Nerfacto) and
+:class:`~vsdsr_nerfstudio.models.instant_ngp.VsdSrNGPModel` (Instant-NGP) mix these in, so their held-out
+metrics are computed the same way:
 
 - **PSNR / SSIM / LPIPS** are the parent model's own (nerfstudio's Nerfacto and Instant-NGP compute them
   identically: ``PeakSignalNoiseRatio(data_range=1)``, the functional SSIM and LPIPS on the background-blended

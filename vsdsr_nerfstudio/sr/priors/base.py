@@ -3,7 +3,7 @@
 Everything above this line (objectives, LoRA, the stage optimiser, the I3DS pipeline) talks to a prior only
 through :class:`SRPrior`. Two priors implement it:
 
-- ``SDUpscalerPrior`` (``sr/sd_upscaler.py``): Stable Diffusion x4 upscaler, VAE latent with 4 channels;
+- ``SDUpscalerPrior`` (``sr/priors/sd_upscaler.py``): Stable Diffusion x4 upscaler, VAE latent with 4 channels;
 - a pixel-space prior (planned): pixel-unshuffle x4 as an exact "VAE", 48 channels.
 
 This module is import-light on purpose (torch only): the nerfstudio plugin imports it.
@@ -56,8 +56,9 @@ class SRPrior(abc.ABC):
         return int(self.alphas_cumprod.shape[0])
 
     @abc.abstractmethod
-    def encode(self, images: Float[Tensor, "B 3 H W"], sample: bool = False, generator: Optional[torch.Generator] = None
-               ) -> Float[Tensor, "B C h w"]:
+    def encode(
+        self, images: Float[Tensor, "B 3 H W"], sample: bool = False, generator: Optional[torch.Generator] = None
+    ) -> Float[Tensor, "B C h w"]:
         """HR images in [0, 1] -> latents on the LR grid (float32). ``sample`` draws from the posterior
         instead of taking its mode (no effect for an exact encoder). Large images are processed in tiles."""
 
@@ -66,8 +67,12 @@ class SRPrior(abc.ABC):
         """Latents -> HR images in [0, 1] (float32, clamped). Large latents are processed in tiles."""
 
     @abc.abstractmethod
-    def noise_lr(self, lr_images: Float[Tensor, "B 3 h w"], noise_level: Int[Tensor, " B"],
-                 generator: Optional[torch.Generator] = None) -> Float[Tensor, "B 3 h w"]:
+    def noise_lr(
+        self,
+        lr_images: Float[Tensor, "B 3 h w"],
+        noise_level: Int[Tensor, " B"],
+        generator: Optional[torch.Generator] = None,
+    ) -> Float[Tensor, "B 3 h w"]:
         """LR images in [0, 1] -> the denoiser's LR conditioning: scaled to [-1, 1] and noised at
         ``noise_level`` with the low-res scheduler (``sqrt(a_k) y + sqrt(1 - a_k) eta``)."""
 

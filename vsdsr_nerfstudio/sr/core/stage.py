@@ -1,4 +1,5 @@
-"""The SR stage optimiser: distil a x4 diffusion prior into per-view latent residuals, then decode HR images.
+"""The SR stage optimiser and its config: distil a x4 diffusion prior into per-view latent residuals, then
+decode HR images.
 
 One stage (``docs/method.md`` §2.2) over the N training views::
 
@@ -16,15 +17,16 @@ the N latents/residuals are small and may live on another device (``latent_devic
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from jaxtyping import Float, Int
+from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.lora import CameraLoRA, camera_normalization, normalized_flat_c2w
-from vsdsr_nerfstudio.sr.objectives import (
+from vsdsr_nerfstudio.sr.core.lora import CameraLoRA, camera_normalization, normalized_flat_c2w
+from vsdsr_nerfstudio.sr.core.objectives import (
     cfg_combine,
     ddim_step,
     pred_to_eps,
@@ -36,11 +38,136 @@ from vsdsr_nerfstudio.sr.objectives import (
     surrogate_loss,
     vsd_gradient,
 )
-from vsdsr_nerfstudio.sr.prior_base import SRPrior
-from vsdsr_nerfstudio.sr.schedules import stage_timesteps
-from vsdsr_nerfstudio.sr.stage_config import SRStageConfig
+from vsdsr_nerfstudio.sr.core.schedules import stage_timesteps
+from vsdsr_nerfstudio.sr.priors.base import SRPrior
 
 ImagesLike = Union[Tensor, Sequence[Tensor]]
+
+
+@dataclass
+class SRStageConfig(InstantiateConfig):
+    """One SR stage: optimise a latent residual per training view against a diffusion prior, then decode."""
+
+    _target: Type = field(default_factory=lambda: SRStage)
+    """The stage optimiser class this config builds."""
+
+    # -- guidance -----------------------------------------------------------------------------------------------
+    guidance: Literal["vsd", "rsd", "sds"] = "vsd"
+    """Distillation objective: ``vsd`` = variational score distillation with a camera LoRA (arXiv 2410.18137),
+    ``rsd`` = DiSR-NeRF's one-step DDIM residual loss, ``sds`` = score distillation (ablation)."""
+    guidance_scale: float = 10.0
+    """Text classifier-free guidance scale omega of the pretrained branch (all objectives)."""
+    camera_guidance_scale: float = 1.0
+    """Camera CFG scale gamma of the LoRA branch, ``f(pi=0) + gamma (f(pi) - f(pi=0))`` (1 = threestudio, only the
+    camera-conditional forward runs; VSD-SR used 10)."""
+    vsd_loss: Literal["l1", "l2"] = "l1"
+    """Surrogate of the VSD gradient g: ``l1`` = ``0.5 |z - sg(z - g)|_1 / B`` (gradient ``sign(g) / 2B``, VSD-SR's
+    final commit) or ``l2`` = ``0.5 |z - sg(z - g)|^2 / B`` (gradient ``g / B``, threestudio). SDS always uses l2."""
+    noise_level: int = 20
+    """Noise level of the LR conditioning, passed as ``class_labels`` to BOTH the pretrained and the LoRA branch."""
+
+    # -- timesteps ----------------------------------------------------------------------------------------------
+    t_schedule: Literal["linear", "uniform"] = "linear"
+    """``linear`` = deterministic ramp t_max -> t_min over the stage (DiSR / VSD-SR), restarted every stage;
+    ``uniform`` = t ~ U[t_min, t_max] per patch."""
+    t_max: float = 0.98
+    """Largest timestep as a fraction of T (980 for T = 1000)."""
+    t_min: float = 0.5
+    """Smallest timestep as a fraction of T (500 for T = 1000)."""
+    rsd_delta_t: int = 1
+    """RSD only: z_{t-1} is taken this many timesteps below t (DiSR's step_ratio 0.001 -> 1)."""
+
+    # -- latents and their optimiser ----------------------------------------------------------------------------
+    batch_size: int = 16
+    """Patches per step B: views in rolling order through the N views (repeated if B > N), one patch each."""
+    patch_size: int = 128
+    """Side of the random latent patch (128 latent px = 512 HR px), clipped to the latent size."""
+    patch_multiple: int = 8
+    """A clipped patch side is rounded down to a multiple of this (the UNet's downsampling factor)."""
+    encode_sample: bool = False
+    """Encode renders with a posterior sample (DiSR) instead of the posterior mode."""
+    latent_lr: float = 1e-2
+    """AdamW learning rate of the latent residual delta."""
+    latent_betas: Tuple[float, float] = (0.9, 0.99)
+    """AdamW betas of the latent residual."""
+    latent_eps: float = 1e-15
+    """AdamW epsilon of the latent residual."""
+    latent_weight_decay: float = 0.01
+    """AdamW (decoupled) weight decay of the latent residual (torch's default, as DiSR / VSD-SR)."""
+    latent_device: Optional[str] = None
+    """Device of the N latents, residuals and their AdamW state (``None`` = the prior's device). Small: 4 x h x w
+    floats per view; only the B patches of a step travel to the prior's device."""
+    output_device: str = "cpu"
+    """Device of the decoded HR images returned by ``finish``."""
+    encode_batch_size: int = 1
+    """Renders encoded per VAE call (the VAE tiles large images itself)."""
+    decode_batch_size: int = 1
+    """Latents decoded per VAE call."""
+
+    # -- LoRA model (vsd only) ----------------------------------------------------------------------------------
+    lora_rank: int = 4
+    """Rank of the LoRA adapters on the attention projections."""
+    lora_alpha: Optional[float] = None
+    """LoRA alpha (``None`` = rank, i.e. scale 1 as diffusers' LoRAAttnProcessor)."""
+    lora_targets: Tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Module-name suffixes of the denoiser that get LoRA adapters."""
+    lora_lr: float = 1e-4
+    """AdamW learning rate of the LoRA and the camera MLP."""
+    lora_weight_decay: float = 0.01
+    """AdamW weight decay of the LoRA and the camera MLP."""
+    lora_every: int = 3
+    """The LoRA is updated on every lora_every-th VSD step (the 1st, (k+1)-th, ...); the counter persists."""
+    lora_grad_clip: float = 1.0
+    """Gradient-norm clip of the LoRA update (<= 0: off)."""
+    camera_drop_prob: float = 0.1
+    """Probability that a LoRA training batch gets the unconditional camera (pi = 0) for all its patches."""
+    camera_zero_init: bool = True
+    """Zero-initialise the camera MLP's output layer, so the LoRA model starts as the pretrained model."""
+    lora_mixed_precision: bool = True
+    """Autocast the LoRA update (GradScaler for fp16) when the prior runs in half precision on CUDA."""
+    lora_gradient_checkpointing: bool = True
+    """Gradient checkpointing of the denoiser during the LoRA update (no effect on no-grad guidance forwards)."""
+    lora_persist: bool = True
+    """Keep the LoRA (and its optimiser, counter) across SR stages, as VSD-SR; False re-initialises it per stage."""
+
+    seed: int = 0
+    """Seed of patches, timesteps, noise and LoRA training draws."""
+
+    def setup(self, prior: "SRPrior", **kwargs: Any) -> "SRStage":  # type: ignore[override]
+        """Build the stage optimiser on ``prior`` (the LoRA for ``vsd`` is injected there; peft loads lazily)."""
+        return self._target(self, prior=prior, **kwargs)
+
+
+PIXEL_PRIOR_VSD_LATENT_LR = 1e-3
+"""Largest latent learning rate at which VSD on the pixel-space prior stays stable (measured on fern, K = 1000:
+bench/results/fern_sr_diagnose.json, docs/embedded_prior.md "On fern")."""
+PIXEL_PRIOR_VSD_T_MIN = 0.02
+"""t_min of VSD on the pixel-space prior: in pixel space the fine detail is only visible to the prior at small t."""
+
+
+def pixel_prior_stage_settings(config: SRStageConfig) -> SRStageConfig:
+    """``config`` with the VSD settings measured to work on the pixel-space (embedded) prior: latent lr 1e-3 and
+    t down to 0.02 (the ``vsd-sr-embedded`` preset). RSD and SDS keep their settings."""
+    if config.guidance != "vsd":
+        return config
+    return replace(config, latent_lr=PIXEL_PRIOR_VSD_LATENT_LR, t_min=PIXEL_PRIOR_VSD_T_MIN)
+
+
+def pixel_prior_vsd_problem(config: SRStageConfig) -> Optional[str]:
+    """Why ``config`` is unsafe for VSD on the pixel-space prior, or ``None``.
+
+    The default latent lr (1e-2) is the research code's, set for the SD upscaler's VAE latents. On the pixel prior,
+    whose latent is the image itself, it writes saturated high-frequency noise into the views (measured on fern,
+    K = 400: PSNR 16.2 dB against bicubic's 25.6, the views' own LR consistency 18.6 dB; 3e-3 still drifts at
+    K = 1000; docs/embedded_prior.md, "On fern")."""
+    if config.guidance != "vsd" or config.latent_lr <= PIXEL_PRIOR_VSD_LATENT_LR:
+        return None
+    return (
+        f"VSD on the pixel-space (embedded) prior with --pipeline.stage.latent-lr {config.latent_lr:g} drifts into "
+        "high-frequency noise (on fern: 16 dB PSNR per view at 1e-2; docs/embedded_prior.md, 'On fern'). Use the "
+        f"`vsd-sr-embedded` preset, or --pipeline.stage.latent-lr {PIXEL_PRIOR_VSD_LATENT_LR:g} "
+        f"--pipeline.stage.t-min {PIXEL_PRIOR_VSD_T_MIN:g}."
+    )
 
 
 @dataclass
@@ -87,7 +214,7 @@ def crop_patches(
     images: Float[Tensor, "N C h w"], views: Sequence[int], corners: Sequence[Tuple[int, int]], ph: int, pw: int
 ) -> Float[Tensor, "B C ph pw"]:
     """Stack ``images[v, :, y:y+ph, x:x+pw]`` (differentiable if ``images`` requires grad)."""
-    return torch.stack([images[v, :, y:y + ph, x:x + pw] for v, (y, x) in zip(views, corners, strict=True)])
+    return torch.stack([images[v, :, y : y + ph, x : x + pw] for v, (y, x) in zip(views, corners, strict=True)])
 
 
 class SRStage:
@@ -108,11 +235,19 @@ class SRStage:
         self.latent_device = torch.device(config.latent_device) if config.latent_device else self.device
         if config.guidance == "vsd" and lora is None:
             lora = CameraLoRA(
-                prior, rank=config.lora_rank, alpha=config.lora_alpha, target_modules=config.lora_targets,
-                lr=config.lora_lr, weight_decay=config.lora_weight_decay, grad_clip=config.lora_grad_clip,
-                every=config.lora_every, camera_drop_prob=config.camera_drop_prob,
-                mixed_precision=config.lora_mixed_precision, gradient_checkpointing=config.lora_gradient_checkpointing,
-                zero_init_camera=config.camera_zero_init, seed=config.seed + 1000,
+                prior,
+                rank=config.lora_rank,
+                alpha=config.lora_alpha,
+                target_modules=config.lora_targets,
+                lr=config.lora_lr,
+                weight_decay=config.lora_weight_decay,
+                grad_clip=config.lora_grad_clip,
+                every=config.lora_every,
+                camera_drop_prob=config.camera_drop_prob,
+                mixed_precision=config.lora_mixed_precision,
+                gradient_checkpointing=config.lora_gradient_checkpointing,
+                zero_init_camera=config.camera_zero_init,
+                seed=config.seed + 1000,
             )
         self.lora = lora
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -161,13 +296,18 @@ class SRStage:
         latents = []
         for i in range(0, n, cfg.encode_batch_size):
             batch = torch.stack([_as_float_image(renders[j]) for j in range(i, min(i + cfg.encode_batch_size, n))])
-            latents.append(prior.encode(batch.to(self.device), sample=cfg.encode_sample,
-                                        generator=self.noise_generator).float().to(self.latent_device))
+            latents.append(
+                prior.encode(batch.to(self.device), sample=cfg.encode_sample, generator=self.noise_generator)
+                .float()
+                .to(self.latent_device)
+            )
         self.z_r = torch.cat(latents)
         self.lr_images = torch.stack([_as_float_image(lr_images[j]) for j in range(n)]).to(self.latent_device)
         if self.lr_images.shape[-2:] != self.z_r.shape[-2:] or self.lr_images.shape[1] != 3:
-            raise ValueError(f"LR images {tuple(self.lr_images.shape)} must be (N, 3, h, w) with (h, w) = the latent "
-                             f"grid {tuple(self.z_r.shape[-2:])} (HR size / {prior.scale})")
+            raise ValueError(
+                f"LR images {tuple(self.lr_images.shape)} must be (N, 3, h, w) with (h, w) = the latent "
+                f"grid {tuple(self.z_r.shape[-2:])} (HR size / {prior.scale})"
+            )
         if self.lora is not None:
             self.cameras = self.lora.encode_cameras(c2w.detach().float().cpu()).to(self.device)
         elif c2w is not None:
@@ -177,8 +317,13 @@ class SRStage:
             self.cameras = None
 
         self.delta = nn.Parameter(torch.zeros_like(self.z_r))
-        self.optimizer = torch.optim.AdamW([self.delta], lr=cfg.latent_lr, betas=tuple(cfg.latent_betas),
-                                           eps=cfg.latent_eps, weight_decay=cfg.latent_weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            [self.delta],
+            lr=cfg.latent_lr,
+            betas=tuple(cfg.latent_betas),
+            eps=cfg.latent_eps,
+            weight_decay=cfg.latent_weight_decay,
+        )
         self.patch_hw = patch_size_for(tuple(self.z_r.shape[-2:]), cfg.patch_size, cfg.patch_multiple)
         self.text = prior.text_embeddings() if prior.uses_text else None
         self.stage_index += 1
@@ -201,12 +346,21 @@ class SRStage:
         xs = torch.randint(0, w - pw + 1, (B,), generator=self.generator).tolist()
         corners = list(zip(ys, xs, strict=True))
 
-        z = (crop_patches(self.z_r, views, corners, ph, pw) + crop_patches(self.delta, views, corners, ph, pw)
-             ).to(self.device)  # grad flows to delta
+        z = (crop_patches(self.z_r, views, corners, ph, pw) + crop_patches(self.delta, views, corners, ph, pw)).to(
+            self.device
+        )  # grad flows to delta
         lr_patch = crop_patches(self.lr_images, views, corners, ph, pw).to(self.device)
         noise_level = torch.full((B,), cfg.noise_level, dtype=torch.long, device=self.device)
-        t = stage_timesteps(cfg.t_schedule, self._step, self.num_steps, B, prior.num_train_timesteps, cfg.t_max,
-                            cfg.t_min, self.generator).to(self.device)
+        t = stage_timesteps(
+            cfg.t_schedule,
+            self._step,
+            self.num_steps,
+            B,
+            prior.num_train_timesteps,
+            cfg.t_max,
+            cfg.t_min,
+            self.generator,
+        ).to(self.device)
         with torch.no_grad():
             lr_cond = prior.noise_lr(lr_patch, noise_level, generator=self.noise_generator)
         noise = self._randn(z.shape)
@@ -232,9 +386,16 @@ class SRStage:
         if cfg.guidance == "vsd" and self.lora is not None:
             text = self._text_cond(B)
             lora_stats = self.lora.maybe_train(z.detach(), lr_cond, noise_level, text, cameras)
-        stats = SRStepStats(step=self._step, num_steps=self.num_steps, t=float(t.float().mean().item()),
-                            loss=float(loss.item()), grad_norm=grad_norm, views=views, patches=corners,
-                            lora=lora_stats)
+        stats = SRStepStats(
+            step=self._step,
+            num_steps=self.num_steps,
+            t=float(t.float().mean().item()),
+            loss=float(loss.item()),
+            grad_norm=grad_norm,
+            views=views,
+            patches=corners,
+            lora=lora_stats,
+        )
         self._step += 1
         return stats
 
@@ -248,7 +409,7 @@ class SRStage:
         latents = self.current_latents()
         images = []
         for i in range(0, latents.shape[0], cfg.decode_batch_size):
-            out = self.prior.decode(latents[i:i + cfg.decode_batch_size].to(self.device))
+            out = self.prior.decode(latents[i : i + cfg.decode_batch_size].to(self.device))
             images.append(out.float().clamp(0.0, 1.0).to(cfg.output_device))
         self.active = False
         del self.z_r, self.delta, self.optimizer, self.lr_images
@@ -308,8 +469,11 @@ class SRStage:
 
     @torch.no_grad()
     def _pretrained_pred(
-        self, z_t: Float[Tensor, "B C h w"], t: Int[Tensor, " B"], lr_cond: Float[Tensor, "B 3 h w"],
-        noise_level: Int[Tensor, " B"]
+        self,
+        z_t: Float[Tensor, "B C h w"],
+        t: Int[Tensor, " B"],
+        lr_cond: Float[Tensor, "B 3 h w"],
+        noise_level: Int[Tensor, " B"],
     ) -> Float[Tensor, "B C h w"]:
         """Pretrained branch (adapters off), text-CFG'd with ``guidance_scale``, raw prediction type."""
         B, omega = z_t.shape[0], self.config.guidance_scale
@@ -327,10 +491,12 @@ class SRStage:
         prior, cfg = self.prior, self.config
         z_t = q_sample(z.detach(), noise, a_t, s_t)
         with torch.no_grad():
-            eps_pre = pred_to_eps(self._pretrained_pred(z_t, t, lr_cond, noise_level), z_t, a_t, s_t,
-                                  prior.prediction_type)
-            pred_lora = self.lora.predict_guided(z_t, t, lr_cond, noise_level, self._text_cond(z.shape[0]), cameras,
-                                                 cfg.camera_guidance_scale)
+            eps_pre = pred_to_eps(
+                self._pretrained_pred(z_t, t, lr_cond, noise_level), z_t, a_t, s_t, prior.prediction_type
+            )
+            pred_lora = self.lora.predict_guided(
+                z_t, t, lr_cond, noise_level, self._text_cond(z.shape[0]), cameras, cfg.camera_guidance_scale
+            )
             eps_lora = pred_to_eps(pred_lora, z_t, a_t, s_t, prior.prediction_type)
             grad = vsd_gradient(eps_pre, eps_lora, s_t**2)
         return surrogate_loss(z, grad, cfg.vsd_loss)
@@ -338,8 +504,9 @@ class SRStage:
     def _sds_loss(self, z, noise, t, a_t, s_t, lr_cond, noise_level) -> Tensor:
         z_t = q_sample(z.detach(), noise, a_t, s_t)
         with torch.no_grad():
-            eps_pre = pred_to_eps(self._pretrained_pred(z_t, t, lr_cond, noise_level), z_t, a_t, s_t,
-                                  self.prior.prediction_type)
+            eps_pre = pred_to_eps(
+                self._pretrained_pred(z_t, t, lr_cond, noise_level), z_t, a_t, s_t, self.prior.prediction_type
+            )
             grad = sds_gradient(eps_pre, noise, s_t**2)
         return surrogate_loss(z, grad, "l2")
 
@@ -352,8 +519,9 @@ class SRStage:
         with torch.no_grad():
             pred = self._pretrained_pred(z_t, t, lr_cond, noise_level)
             ptype = self.prior.prediction_type
-            z_prev_hat = ddim_step(pred_to_x0(pred, z_t, a_t, s_t, ptype), pred_to_eps(pred, z_t, a_t, s_t, ptype),
-                                   a_prev, s_prev)
+            z_prev_hat = ddim_step(
+                pred_to_x0(pred, z_t, a_t, s_t, ptype), pred_to_eps(pred, z_t, a_t, s_t, ptype), a_prev, s_prev
+            )
         return rsd_loss(z_prev, z_prev_hat)
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from vsdsr_nerfstudio.sr.prior_config import SRPriorConfig
+    from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
     prior = SRPriorConfig(prior="tiny").setup(device="cpu")          # tests / CPU, seeded random weights
     prior = SRPriorConfig(model_path="/data/sd-x4").setup(device="cuda")  # real weights from a local folder
     prior = SRPriorConfig(prior="embedded").setup(device="cuda")     # the pixel-space prior shipped in the package
@@ -21,7 +21,7 @@ import torch
 from nerfstudio.configs.base_config import InstantiateConfig
 
 if TYPE_CHECKING:
-    from vsdsr_nerfstudio.sr.prior_base import SRPrior
+    from vsdsr_nerfstudio.sr.priors.base import SRPrior
 
 PriorName = Literal["sd-x4-upscaler", "sd-x4-random", "tiny", "embedded", "pixel-tiny"]
 DtypeName = Literal["bf16", "fp16", "fp32"]
@@ -36,8 +36,8 @@ class PriorLoadError(RuntimeError):
 
 
 PIXEL_PRIOR_CONFIG_NAME = "pixel_prior.json"
-"""The file that marks a folder as a pixel-space prior (``sr/pixel_prior.py``); ``model_path`` folders holding it
-load as :class:`~vsdsr_nerfstudio.sr.pixel_prior.PixelSpacePrior`."""
+"""The file that marks a folder as a pixel-space prior (``sr/priors/pixel_prior.py``); ``model_path`` folders holding it
+load as :class:`~vsdsr_nerfstudio.sr.priors.pixel_prior.PixelSpacePrior`."""
 
 PIXEL_PRIOR_NAMES = ("embedded", "pixel-tiny")
 """Values of ``SRPriorConfig.prior`` that select the pixel-space prior."""
@@ -70,7 +70,7 @@ def embedded_prior_missing_message(folder: Union[str, Path]) -> str:
         "from the source tree).\nOr train your own with `vsdsr-train-prior --images /path/to/photos --output "
         "/path/to/run` (see docs/embedded_prior.md), then either copy /path/to/run/model/* into that folder, or set "
         f"`{MODEL_PATH_FIELD}` to the trained folder, e.g. `--pipeline.prior.model-path /path/to/run/model`.\n"
-        "For tests and CPU runs without any weights use `prior=\"pixel-tiny\"` (or the SD-architecture `tiny`)."
+        'For tests and CPU runs without any weights use `prior="pixel-tiny"` (or the SD-architecture `tiny`).'
     )
 
 
@@ -101,8 +101,8 @@ def prior_load_error_message(model_path: str, tried: str, cause: Optional[BaseEx
         "reachable (and unset HF_HUB_OFFLINE / local_files_only) so the weights can be downloaded once.",
         "Offline alternative without any download: the pixel-space prior embedded in the package, "
         "`ns-train vsd-sr-embedded` (its stage settings are tuned for it; docs/embedded_prior.md).",
-        "For tests and CPU runs without any weights use the `tiny` preset (`prior=\"tiny\"`); for GPU benchmarks "
-        "with the real architecture and random weights use `prior=\"sd-x4-random\"`.",
+        'For tests and CPU runs without any weights use the `tiny` preset (`prior="tiny"`); for GPU benchmarks '
+        'with the real architecture and random weights use `prior="sd-x4-random"`.',
     ]
     return "\n".join(lines)
 
@@ -156,9 +156,12 @@ def check_prior_source(config: "SRPriorConfig", cache_dir: Optional[Union[str, P
     if isinstance(cached, str):
         return None
     if hub_offline(config):
-        raise PriorLoadError(prior_load_error_message(
-            config.model_path, "it is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE or "
-            "local_files_only)"))
+        raise PriorLoadError(
+            prior_load_error_message(
+                config.model_path,
+                "it is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE or local_files_only)",
+            )
+        )
     return (
         f"The prior {config.model_path!r} is not in the local Hugging Face cache: it will be downloaded (about 2 GB) "
         "when the first upscaling stage starts, after the LR pretraining. If this machine has no network, stop now "
@@ -178,21 +181,21 @@ class LazySDUpscalerPrior:
     now and returns an ``SDUpscalerPrior`` (a class rather than a function, so tyro sees a ``Type``).
 
     ``prior="embedded"``/``"pixel-tiny"``, or a ``model_path`` folder holding ``pixel_prior.json``, give a
-    ``PixelSpacePrior`` (``sr/pixel_prior.py``) instead."""
+    ``PixelSpacePrior`` (``sr/priors/pixel_prior.py``) instead."""
 
     def __new__(cls, config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":  # type: ignore[misc]
         if uses_pixel_prior(config):
-            from vsdsr_nerfstudio.sr.pixel_prior import build_pixel_prior
+            from vsdsr_nerfstudio.sr.priors.pixel_prior import build_pixel_prior
 
             return build_pixel_prior(config, **kwargs)
-        from vsdsr_nerfstudio.sr.sd_upscaler import SDUpscalerPrior
+        from vsdsr_nerfstudio.sr.priors.sd_upscaler import SDUpscalerPrior
 
         return SDUpscalerPrior(config, **kwargs)
 
 
 @dataclass
 class SRPriorConfig(InstantiateConfig):
-    """The x4 diffusion prior as an :class:`~vsdsr_nerfstudio.sr.prior_base.SRPrior`: the Stable Diffusion x4
+    """The x4 diffusion prior as an :class:`~vsdsr_nerfstudio.sr.priors.base.SRPrior`: the Stable Diffusion x4
     upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one)."""
 
     _target: Type = field(default_factory=lambda: LazySDUpscalerPrior)

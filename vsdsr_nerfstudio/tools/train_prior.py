@@ -1,4 +1,5 @@
-"""``vsdsr-train-prior``: train the pixel-space x4 SR diffusion prior (``sr/pixel_prior.py``) on a folder of photos.
+"""``vsdsr-train-prior``: train the pixel-space x4 SR diffusion prior (``sr/priors/pixel_prior.py``) on a folder of
+photos.
 
 One run::
 
@@ -180,8 +181,9 @@ class PriorTrainConfig:
     """Append the mean loss to train_log.csv every this many steps."""
     print_every_seconds: float = 30.0
     """Print a plain progress line this often (for logs without a terminal)."""
-    terms: str = ("Trained on the photos in {images}; the weights inherit the terms of those photos "
-                  "(see docs/embedded_prior.md).")
+    terms: str = (
+        "Trained on the photos in {images}; the weights inherit the terms of those photos (see docs/embedded_prior.md)."
+    )
     """Licence / terms note written into the exported pixel_prior.json ({images} is replaced by the folder)."""
 
 
@@ -207,8 +209,7 @@ def load_rgb_uint8(path: Path, min_side: int = 0) -> UInt8[Tensor, "3 H W"]:
         im = im.convert("RGB")
         if min_side and min(im.size) < min_side:
             s = min_side / min(im.size)
-            im = im.resize((max(min_side, round(im.size[0] * s)), max(min_side, round(im.size[1] * s))),
-                           Image.BICUBIC)
+            im = im.resize((max(min_side, round(im.size[0] * s)), max(min_side, round(im.size[1] * s))), Image.BICUBIC)
         data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         return data.view(im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()
 
@@ -268,8 +269,9 @@ def jpeg_roundtrip(image: Float[Tensor, "3 H W"], quality: int) -> Float[Tensor,
     return out.view(image.shape[1], image.shape[2], 3).permute(2, 0, 1).float() / 255.0
 
 
-def make_lr(hr: Float[Tensor, "3 H W"], cfg: PriorTrainConfig, generator: Optional[torch.Generator] = None
-            ) -> Float[Tensor, "3 h w"]:
+def make_lr(
+    hr: Float[Tensor, "3 H W"], cfg: PriorTrainConfig, generator: Optional[torch.Generator] = None
+) -> Float[Tensor, "3 h w"]:
     """The LR crop of an HR crop in [0, 1]: (optional blur) -> x4 area downsampling -> (optional noise, JPEG)
     -> 8-bit quantisation (``quantize_lr``)."""
 
@@ -313,7 +315,7 @@ class CropDataset(Dataset):
         _, h, w = img.shape
         y = int(torch.randint(0, h - c + 1, ()))
         x = int(torch.randint(0, w - c + 1, ()))
-        hr = img[:, y:y + c, x:x + c]
+        hr = img[:, y : y + c, x : x + c]
         if torch.rand(()) < 0.5:
             hr = hr.flip(-1)
         if self.cfg.dihedral:
@@ -433,8 +435,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def sample_noise_levels(batch: int, cfg: PriorTrainConfig, generator: Optional[torch.Generator] = None
-                        ) -> Tensor:
+def sample_noise_levels(batch: int, cfg: PriorTrainConfig, generator: Optional[torch.Generator] = None) -> Tensor:
     """LR noise levels of a batch (CPU long): ``U{0..low_max}`` with probability ``low_prob``, else
     ``U{0..max}``."""
     low = torch.randint(0, cfg.noise_level_low_max + 1, (batch,), generator=generator)
@@ -447,7 +448,7 @@ class _Validator:
     """Fixed validation crops, the bicubic baseline, and DDIM samples of the EMA model."""
 
     def __init__(self, cfg: PriorTrainConfig, device: torch.device, multiple: int) -> None:
-        from vsdsr_nerfstudio.sr.pixel_prior import area_downsample, bicubic_upscale
+        from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale
 
         assert cfg.val_images is not None
         paths = list_images(cfg.val_images)[: cfg.val_count]
@@ -461,27 +462,30 @@ class _Validator:
             _, h, w = img.shape
             side = min(cfg.val_crop, h - h % multiple, w - w % multiple)
             y, x = (h - side) // 2, (w - side) // 2
-            self.hr.append(img[:, y:y + side, x:x + side])
+            self.hr.append(img[:, y : y + side, x : x + side])
         self.lr = [(area_downsample(hr[None]) * 255.0).round() / 255.0 for hr in self.hr]
         self.lpips = try_build_lpips(cfg.lpips_weights)
         bic = [bicubic_upscale(lr) for lr in self.lr]
         self.baseline = self._metrics(bic)
-        CONSOLE.print(f"Validation: {len(self.hr)} crops of {str(cfg.val_images)!r}; bicubic PSNR "
-                      f"{self.baseline['psnr']:.3f} dB" + (f", LPIPS {self.baseline['lpips']:.4f}"
-                                                          if self.lpips else " (LPIPS unavailable)"))
+        CONSOLE.print(
+            f"Validation: {len(self.hr)} crops of {str(cfg.val_images)!r}; bicubic PSNR "
+            f"{self.baseline['psnr']:.3f} dB"
+            + (f", LPIPS {self.baseline['lpips']:.4f}" if self.lpips else " (LPIPS unavailable)")
+        )
 
     def _metrics(self, outputs: List[Tensor]) -> Dict[str, float]:
         ps = [float(psnr(o.cpu(), hr[None], border=4)) for o, hr in zip(outputs, self.hr, strict=True)]
         out = {"psnr": sum(ps) / len(ps)}
         if self.lpips is not None:
-            vals = [self.lpips(o.to(self.device), hr[None].to(self.device)) for o, hr in
-                    zip(outputs, self.hr, strict=True)]
+            vals = [
+                self.lpips(o.to(self.device), hr[None].to(self.device)) for o, hr in zip(outputs, self.hr, strict=True)
+            ]
             out["lpips"] = sum(vals) / len(vals)
         return out
 
     @torch.no_grad()
     def run(self, prior: Any, autocast: contextlib.AbstractContextManager) -> Dict[str, float]:
-        from vsdsr_nerfstudio.sr.pixel_prior import ddim_upscale
+        from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
 
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 12345)
         outputs = []
@@ -493,10 +497,16 @@ class _Validator:
         with autocast:
             for idx in groups.values():
                 batch = torch.cat([self.lr[i] for i in idx]).to(self.device)
-                sr = ddim_upscale(prior, batch, steps=self.cfg.val_steps, noise_level=self.cfg.val_noise_level,
-                                  generator=generator, tile=0)
+                sr = ddim_upscale(
+                    prior,
+                    batch,
+                    steps=self.cfg.val_steps,
+                    noise_level=self.cfg.val_noise_level,
+                    generator=generator,
+                    tile=0,
+                )
                 for j, i in enumerate(idx):
-                    results[i] = sr[j:j + 1].float()
+                    results[i] = sr[j : j + 1].float()
         outputs = [results[i] for i in range(len(self.lr))]
         return self._metrics(outputs)
 
@@ -511,7 +521,7 @@ def _lr_at(cfg: PriorTrainConfig, step: int, warmup_start: int = 0) -> float:
 def _warm_start(cfg: PriorTrainConfig, unet: torch.nn.Module, ema: torch.nn.Module) -> Tuple[int, int, float]:
     """Load the weights of the pixel-prior folder ``cfg.init_from`` into ``unet`` and ``ema``; returns the
     (step, samples seen, training seconds) recorded in its metadata."""
-    from vsdsr_nerfstudio.sr.pixel_prior import PixelSpacePrior
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PixelSpacePrior
 
     folder = Path(cfg.init_from).expanduser()  # type: ignore[arg-type]
     source = PixelSpacePrior.from_pretrained(folder, device="cpu", dtype=torch.float32)
@@ -520,8 +530,10 @@ def _warm_start(cfg: PriorTrainConfig, unet: torch.nn.Module, ema: torch.nn.Modu
     ema.load_state_dict(weights)
     info = source.meta.get("training", {}) or {}
     step, seen = int(info.get("steps", 0)), int(info.get("samples_seen", 0))
-    CONSOLE.print(f"Warm start from {str(folder)!r} (step {step}, {seen} crops): fresh optimiser, "
-                  f"{cfg.warmup_steps} warm-up steps.")
+    CONSOLE.print(
+        f"Warm start from {str(folder)!r} (step {step}, {seen} crops): fresh optimiser, "
+        f"{cfg.warmup_steps} warm-up steps."
+    )
     return step, seen, float(info.get("train_minutes", 0.0)) * 60.0
 
 
@@ -546,8 +558,8 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     """Run (or continue) a training run; see the module docstring. Returns a :class:`TrainResult`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vsdsr_nerfstudio.sr.objectives import schedule_coefficients
-    from vsdsr_nerfstudio.sr.pixel_prior import (
+    from vsdsr_nerfstudio.sr.core.objectives import schedule_coefficients
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import (
         PIXEL_UNET_PRESETS,
         PixelSpacePrior,
         _make_schedulers,
@@ -578,8 +590,9 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     if state is None and cfg.init_from is not None:
         init_meta = json.loads((Path(cfg.init_from).expanduser() / "pixel_prior.json").read_text())
         if init_meta.get("preset", cfg.preset) != cfg.preset:
-            CONSOLE.print(f"[yellow]--init-from holds a {init_meta['preset']!r} prior "
-                          f"(ignoring --preset {cfg.preset}).")
+            CONSOLE.print(
+                f"[yellow]--init-from holds a {init_meta['preset']!r} prior (ignoring --preset {cfg.preset})."
+            )
             cfg = replace(cfg, preset=init_meta["preset"])
 
     device = _resolve_device(cfg.device)
@@ -596,8 +609,9 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     unet = build_pixel_unet(cfg.preset, cfg.seed, "cpu").to(device)
     unet.train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+    )
     step, samples_seen, train_seconds = 0, 0, 0.0
     val_history: List[Dict[str, Any]] = []
     if state is not None:
@@ -607,8 +621,10 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
         step, samples_seen = int(state["step"]), int(state["samples_seen"])
         train_seconds = float(state.get("train_seconds", 0.0))
         val_history = list(state.get("val_history", []))
-        CONSOLE.print(f"Resumed {str(ckpt_path)!r} at step {step} ({samples_seen} crops, "
-                      f"{train_seconds / 60:.1f} min of training so far).")
+        CONSOLE.print(
+            f"Resumed {str(ckpt_path)!r} at step {step} ({samples_seen} crops, "
+            f"{train_seconds / 60:.1f} min of training so far)."
+        )
     warmup_start = int(state.get("warmup_start", 0)) if state is not None else 0
     if state is None and cfg.init_from is not None:
         step, samples_seen, train_seconds = _warm_start(cfg, unet, ema)
@@ -637,22 +653,35 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     images: Sequence[Any] = cache_images(paths, cfg.crop_size, workers) if cfg.cache_images else paths
     if cfg.cache_images:
         mb = sum(im.numel() for im in images) / 1e6  # type: ignore[union-attr]
-        CONSOLE.print(f"Cached {len(paths)} images ({mb:.0f} MB) in {time.monotonic() - t0:.1f} s "
-                      f"with {workers} workers.")
+        CONSOLE.print(
+            f"Cached {len(paths)} images ({mb:.0f} MB) in {time.monotonic() - t0:.1f} s with {workers} workers."
+        )
     torch.manual_seed(cfg.seed * 1000003 + step)
-    sampler = RandomSampler(range(len(paths)), replacement=True, num_samples=10**9,
-                            generator=torch.Generator().manual_seed(cfg.seed * 7919 + step))
-    loader = DataLoader(CropDataset(images, cfg), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                        prefetch_factor=4 if workers > 0 else None)
+    sampler = RandomSampler(
+        range(len(paths)),
+        replacement=True,
+        num_samples=10**9,
+        generator=torch.Generator().manual_seed(cfg.seed * 7919 + step),
+    )
+    loader = DataLoader(
+        CropDataset(images, cfg),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 31 + step + 1)
     level_gen = torch.Generator().manual_seed(cfg.seed * 37 + step + 2)
 
     validator = _Validator(cfg, device, multiple) if cfg.val_images is not None else None
     val_prior = None
     if validator is not None:
-        val_prior = PixelSpacePrior(ema, scheduler, low_res_scheduler, device=device, dtype=torch.float32,
-                                    source="EMA", freeze=True)
+        val_prior = PixelSpacePrior(
+            ema, scheduler, low_res_scheduler, device=device, dtype=torch.float32, source="EMA", freeze=True
+        )
 
     # -- save / validate ------------------------------------------------------------------------------------------
     save_seconds = [20.0]
@@ -681,10 +710,18 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
             "preset": cfg.preset,
             "terms": cfg.terms.replace("{images}", str(cfg.images)),
             "training": {
-                "steps": step, "samples_seen": samples_seen, "train_minutes": round(train_seconds / 60.0, 2),
-                "images": str(cfg.images), "num_images": len(paths), "crop_size": cfg.crop_size,
-                "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "degrade": cfg.degrade,
-                "noise_level_max": cfg.noise_level_max, "weights": "EMA",
+                "steps": step,
+                "samples_seen": samples_seen,
+                "train_minutes": round(train_seconds / 60.0, 2),
+                "images": str(cfg.images),
+                "num_images": len(paths),
+                "crop_size": cfg.crop_size,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                "ema_decay": cfg.ema_decay,
+                "degrade": cfg.degrade,
+                "noise_level_max": cfg.noise_level_max,
+                "weights": "EMA",
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
             "validation": last_val,
@@ -692,28 +729,36 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
         save_pixel_prior(tmp, ema, scheduler, low_res_scheduler, dtype=torch.float16, meta=meta)
         _replace_dir(tmp, output / MODEL_DIR_NAME)
         save_seconds[0] = time.monotonic() - t
-        CONSOLE.print(f"Saved step {step} ({reason}) in {save_seconds[0]:.1f} s: {str(ckpt_path)!r}, "
-                      f"{str(output / MODEL_DIR_NAME)!r}")
+        CONSOLE.print(
+            f"Saved step {step} ({reason}) in {save_seconds[0]:.1f} s: {str(ckpt_path)!r}, "
+            f"{str(output / MODEL_DIR_NAME)!r}"
+        )
 
     def validate() -> None:
         assert validator is not None and val_prior is not None
         t = time.monotonic()
         metrics = validator.run(val_prior, autocast())
         val_seconds[0] = time.monotonic() - t
-        record: Dict[str, Any] = {"step": step, "samples_seen": samples_seen,
-                                  "train_minutes": round(train_seconds / 60.0, 3),
-                                  "ddim_steps": cfg.val_steps, "noise_level": cfg.val_noise_level,
-                                  "psnr": round(metrics["psnr"], 4),
-                                  "psnr_bicubic": round(validator.baseline["psnr"], 4)}
+        record: Dict[str, Any] = {
+            "step": step,
+            "samples_seen": samples_seen,
+            "train_minutes": round(train_seconds / 60.0, 3),
+            "ddim_steps": cfg.val_steps,
+            "noise_level": cfg.val_noise_level,
+            "psnr": round(metrics["psnr"], 4),
+            "psnr_bicubic": round(validator.baseline["psnr"], 4),
+        }
         if "lpips" in metrics:
             record["lpips"] = round(metrics["lpips"], 5)
             record["lpips_bicubic"] = round(validator.baseline["lpips"], 5)
         val_history.append(record)
         _write_val_logs(output, val_history)
-        CONSOLE.print(f"[bold]val[/bold] step {step}: PSNR {record['psnr']:.3f} dB (bicubic "
-                      f"{record['psnr_bicubic']:.3f})" + (f", LPIPS {record['lpips']:.4f} (bicubic "
-                                                          f"{record['lpips_bicubic']:.4f})" if "lpips" in record
-                                                          else "") + f" [{val_seconds[0]:.1f} s]")
+        CONSOLE.print(
+            f"[bold]val[/bold] step {step}: PSNR {record['psnr']:.3f} dB (bicubic "
+            f"{record['psnr_bicubic']:.3f})"
+            + (f", LPIPS {record['lpips']:.4f} (bicubic {record['lpips_bicubic']:.4f})" if "lpips" in record else "")
+            + f" [{val_seconds[0]:.1f} s]"
+        )
 
     # -- loop ------------------------------------------------------------------------------------------------------
     log_path = output / "train_log.csv"
@@ -722,10 +767,13 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     log_writer = csv.writer(log_file)
     if new_log:
         log_writer.writerow(["step", "samples_seen", "loss", "lr", "steps_per_s", "train_minutes"])
-    CONSOLE.print(f"Training the pixel prior ({cfg.preset}: {n_params / 1e6:.2f} M parameters) on {device} from "
-                  f"step {step}: {len(paths)} images, batch {cfg.batch_size} x {cfg.crop_size}^2 HR crops, "
-                  f"{workers} workers" + (f", budget {cfg.max_minutes:g} min" if cfg.max_minutes > 0 else "")
-                  + (f", until step {cfg.max_steps}" if cfg.max_steps > 0 else ""))
+    CONSOLE.print(
+        f"Training the pixel prior ({cfg.preset}: {n_params / 1e6:.2f} M parameters) on {device} from "
+        f"step {step}: {len(paths)} images, batch {cfg.batch_size} x {cfg.crop_size}^2 HR crops, "
+        f"{workers} workers"
+        + (f", budget {cfg.max_minutes:g} min" if cfg.max_minutes > 0 else "")
+        + (f", until step {cfg.max_steps}" if cfg.max_steps > 0 else "")
+    )
     result = TrainResult(start_step=start_step, step=step)
     window: List[float] = []
     last_save = time.monotonic()
@@ -733,10 +781,16 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     step_time = 0.0  # EMA of one step's wall time
     run_train_seconds = 0.0
     stop_reason = ""
-    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(),
-                        console=CONSOLE, transient=False)
-    total = (deadline - time.monotonic()) if math.isfinite(deadline) else (cfg.max_steps - step if cfg.max_steps
-                                                                           else None)
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=CONSOLE,
+        transient=False,
+    )
+    total = (
+        (deadline - time.monotonic()) if math.isfinite(deadline) else (cfg.max_steps - step if cfg.max_steps else None)
+    )
     task = progress.add_task("training", total=total)
     data_iter = iter(loader)
     try:
@@ -763,15 +817,15 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
                 levels = sample_noise_levels(b, cfg, level_gen).to(device)
                 a_k = low_res_ac[levels].view(-1, 1, 1, 1)
                 y = a_k.sqrt() * (lr * 2.0 - 1.0) + (1.0 - a_k).sqrt() * torch.randn(
-                    lr.shape, device=device, generator=noise_gen)
+                    lr.shape, device=device, generator=noise_gen
+                )
                 x = torch.cat([z_t, y], dim=1)
                 if cuda and cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for g in optimizer.param_groups:
                     g["lr"] = _lr_at(cfg, step, warmup_start)
                 with autocast():
-                    pred = forward_unet(x, t, encoder_hidden_states=None, class_labels=levels,
-                                        return_dict=False)[0]
+                    pred = forward_unet(x, t, encoder_hidden_states=None, class_labels=levels, return_dict=False)[0]
                 loss = F.mse_loss(pred.float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -793,14 +847,21 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
                 window.append(loss_value)
 
                 if step % cfg.log_every == 0:
-                    log_writer.writerow([step, samples_seen, f"{sum(window) / len(window):.6f}",
-                                         f"{_lr_at(cfg, step - 1, warmup_start):.3g}",
-                                         f"{1.0 / max(step_time, 1e-9):.2f}",
-                                         f"{train_seconds / 60:.3f}"])
+                    log_writer.writerow(
+                        [
+                            step,
+                            samples_seen,
+                            f"{sum(window) / len(window):.6f}",
+                            f"{_lr_at(cfg, step - 1, warmup_start):.3g}",
+                            f"{1.0 / max(step_time, 1e-9):.2f}",
+                            f"{train_seconds / 60:.3f}",
+                        ]
+                    )
                     log_file.flush()
                     window = []
-                desc = (f"step {step}  loss {loss_value:.4f}  {1.0 / max(step_time, 1e-9):.1f} it/s  "
-                        f"{samples_seen} crops")
+                desc = (
+                    f"step {step}  loss {loss_value:.4f}  {1.0 / max(step_time, 1e-9):.1f} it/s  {samples_seen} crops"
+                )
                 if math.isfinite(deadline):
                     progress.update(task, completed=time.monotonic() - t_start, description=desc)
                 else:
@@ -833,9 +894,11 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     save(stop_reason or "end")
     result.val_history = val_history
     result.model_dir = output / MODEL_DIR_NAME
-    CONSOLE.print(f"Stopped at step {step} ({stop_reason}); {result.steps_per_second:.2f} steps/s "
-                  f"({result.steps_per_second * cfg.batch_size:.0f} crops/s) this run; "
-                  f"{time.monotonic() - _PROCESS_T0:.0f} s since process start.")
+    CONSOLE.print(
+        f"Stopped at step {step} ({stop_reason}); {result.steps_per_second:.2f} steps/s "
+        f"({result.steps_per_second * cfg.batch_size:.0f} crops/s) this run; "
+        f"{time.monotonic() - _PROCESS_T0:.0f} s since process start."
+    )
     return result
 
 

@@ -7,7 +7,7 @@ Differences from nerfstudio's Nerfacto, and why:
   come out shifted against the real images (seen on fern: 15.9 dB vs 25.6 dB for bicubic of the real LR view).
   Between the LR and HR stages of I3DS a pose change would also corrupt the super-resolved training targets.
 - **Finer hash grid** (``max_res`` 4096, as DiSR-NeRF) so the finest level can resolve the 4x images.
-- **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.metrics.offline_eval`, shared with the Instant-NGP model of
+- **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.models.offline_eval`, shared with the Instant-NGP model of
   `vsd-sr-ngp`): LPIPS built lazily at the first evaluation from a local weights file if given, kept out of the
   module tree (Nerfacto builds it in ``populate_modules``, which downloads AlexNet: with no network, training would
   fail before it starts; without weights and network LPIPS is skipped with one warning), and **NIQE** (no-reference,
@@ -22,7 +22,7 @@ from typing import Type
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
-from vsdsr_nerfstudio.metrics.offline_eval import OfflineEvalConfig, OfflineEvalMixin
+from vsdsr_nerfstudio.models.offline_eval import OfflineEvalConfig, OfflineEvalMixin
 
 
 @dataclass

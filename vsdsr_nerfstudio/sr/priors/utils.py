@@ -39,8 +39,13 @@ def as_batch(values: Union[int, Tensor], batch: int, device: torch.device) -> Te
     return values
 
 
-def noise_lr_images(lr_images: Tensor, noise_level: Union[int, Tensor], low_res_alphas_cumprod: Tensor,
-                    max_noise_level: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def noise_lr_images(
+    lr_images: Tensor,
+    noise_level: Union[int, Tensor],
+    low_res_alphas_cumprod: Tensor,
+    max_noise_level: int,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """LR images in [0, 1] -> ``sqrt(a_k) (2y - 1) + sqrt(1 - a_k) eta`` with the low-res schedule, as
     ``low_res_scheduler.add_noise`` in the diffusers upscale pipeline; per-sample levels (an int broadcasts);
     levels outside ``[0, max_noise_level]`` raise."""
@@ -54,15 +59,23 @@ def noise_lr_images(lr_images: Tensor, noise_level: Union[int, Tensor], low_res_
     return a**0.5 * y + (1 - a) ** 0.5 * eta
 
 
-def denoise_with_class_offset(denoiser: nn.Module, hook: AddToOutput, x: Tensor, timesteps: Tensor, labels: Tensor,
-                              context: Optional[Tensor], extra_class_embedding: Optional[Tensor],
-                              class_embedding_dim: int) -> Tensor:
+def denoise_with_class_offset(
+    denoiser: nn.Module,
+    hook: AddToOutput,
+    x: Tensor,
+    timesteps: Tensor,
+    labels: Tensor,
+    context: Optional[Tensor],
+    extra_class_embedding: Optional[Tensor],
+    class_embedding_dim: int,
+) -> Tensor:
     """One UNet call with ``class_labels=labels`` and ``extra_class_embedding`` added to the class embedding
     (through ``hook``, armed only for this call)."""
     if extra_class_embedding is not None:
         if extra_class_embedding.shape[-1] != class_embedding_dim:
-            raise ValueError(f"extra_class_embedding has width {extra_class_embedding.shape[-1]}, "
-                             f"expected {class_embedding_dim}.")
+            raise ValueError(
+                f"extra_class_embedding has width {extra_class_embedding.shape[-1]}, expected {class_embedding_dim}."
+            )
         hook.extra = extra_class_embedding.to(x.device)
     try:
         return denoiser(x, timesteps, encoder_hidden_states=context, class_labels=labels, return_dict=False)[0]

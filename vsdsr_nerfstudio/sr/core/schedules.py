@@ -28,8 +28,9 @@ def _floor_t(x: float) -> int:
     return int(math.floor(x + _FLOOR_EPS))
 
 
-def linear_timestep(step: int, num_steps: int, num_train_timesteps: int = 1000, t_max: float = 0.98,
-                    t_min: float = 0.5) -> int:
+def linear_timestep(
+    step: int, num_steps: int, num_train_timesteps: int = 1000, t_max: float = 0.98, t_min: float = 0.5
+) -> int:
     """Annealed timestep of step ``step`` (0-based) of a ``num_steps``-step stage: ``t_max`` -> ``t_min`` linearly.
 
     Both endpoints are hit exactly; steps past the end stay at ``t_min``. The result is clamped to ``[0, T-1]``.
@@ -43,17 +44,29 @@ def linear_timestep(step: int, num_steps: int, num_train_timesteps: int = 1000, 
     return min(max(t, 0), num_train_timesteps - 1)
 
 
-def uniform_timesteps(batch_size: int, num_train_timesteps: int = 1000, t_max: float = 0.98, t_min: float = 0.5,
-                      generator: Optional[torch.Generator] = None) -> Int[Tensor, " B"]:
+def uniform_timesteps(
+    batch_size: int,
+    num_train_timesteps: int = 1000,
+    t_max: float = 0.98,
+    t_min: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Int[Tensor, " B"]:
     """``t ~ U{floor(T t_min) .. floor(T t_max)}`` per sample (CPU long tensor), clamped to ``[0, T-1]``."""
     lo = min(max(_floor_t(num_train_timesteps * t_min), 0), num_train_timesteps - 1)
     hi = min(max(_floor_t(num_train_timesteps * t_max), lo), num_train_timesteps - 1)
     return torch.randint(lo, hi + 1, (batch_size,), generator=generator)
 
 
-def stage_timesteps(schedule: TimestepScheduleType, step: int, num_steps: int, batch_size: int,
-                    num_train_timesteps: int = 1000, t_max: float = 0.98, t_min: float = 0.5,
-                    generator: Optional[torch.Generator] = None) -> Int[Tensor, " B"]:
+def stage_timesteps(
+    schedule: TimestepScheduleType,
+    step: int,
+    num_steps: int,
+    batch_size: int,
+    num_train_timesteps: int = 1000,
+    t_max: float = 0.98,
+    t_min: float = 0.5,
+    generator: Optional[torch.Generator] = None,
+) -> Int[Tensor, " B"]:
     """The timesteps of one distillation step (CPU long tensor of length ``batch_size``)."""
     if schedule == "linear":
         t = linear_timestep(step, num_steps, num_train_timesteps, t_max, t_min)
@@ -63,7 +76,8 @@ def stage_timesteps(schedule: TimestepScheduleType, step: int, num_steps: int, b
     raise ValueError(f"unknown timestep schedule {schedule!r} (expected 'linear' or 'uniform')")
 
 
-def lora_timesteps(batch_size: int, num_train_timesteps: int = 1000,
-                   generator: Optional[torch.Generator] = None) -> Int[Tensor, " B"]:
+def lora_timesteps(
+    batch_size: int, num_train_timesteps: int = 1000, generator: Optional[torch.Generator] = None
+) -> Int[Tensor, " B"]:
     """LoRA training timesteps ``t ~ U{0 .. T-1}`` per sample (CPU long tensor)."""
     return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)

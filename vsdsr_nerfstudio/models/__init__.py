@@ -1,0 +1,1 @@
+"""The NeRF / Gaussian models of the method and their shared offline held-out evaluation at ``sr_scale`` x."""
