@@ -7,7 +7,7 @@
 # would duplicate the tracked embedded prior in the 64 MiB a call may carry). rawpy (3 MB) is only used by
 # ns-process-data for RAW photos: when its wheel is left out, an empty module stands in for the import.
 # .whl/ is made by ../shared/gpu/make_wheelhouse.sh .whl, then `rm .whl/{tensorly,rawpy,jedi,ipython}-*` (21 MB left)
-# and `cp -r ../shared/gpu .whl/gsplat_prebuilt` (gsplat 1.4.0 kernels prebuilt for torch 2.11 + CUDA 13, sm_90: 2 MB).
+# and `cp ../shared/gpu/install_gsplat_prebuilt.sh ../shared/gpu/*.so.gz .whl/gsplat_prebuilt/` (gsplat 1.4.0 kernels prebuilt for torch 2.11 + CUDA 13, sm_90: 2 MB).
 # ns-* launchers are not created: call the modules (python3 -m nerfstudio.scripts.train ...).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || return 1
