@@ -25,7 +25,7 @@ def vsd_sr_paper_config():
     pipeline.stage.guidance = "vsd"
     pipeline.stage.guidance_scale = 10.0
     pipeline.stage.vsd_loss = "l1"
-    pipeline.stage.lora_every = 3
+    pipeline.stage.lora.every = 3
     return config
 
 

@@ -368,11 +368,14 @@ def _stage_views(n: int = 2, seed: int = 1):
 def test_stage_optimiser_with_the_pixel_prior(trained, guidance):
     """VSD / SDS / RSD run unchanged on the pixel prior and move the renders towards what the trained prior
     believes (the LR colour): the stage lowers ``|decode(z) - nearest_up(LR)|^2``."""
+    from vsdsr_nerfstudio.sr.core.lora import CameraLoRAConfig
     from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 
     cfg, _ = trained
     prior = SRPriorConfig(model_path=str(Path(cfg.output) / "model")).setup("cpu")
-    extra = dict(vsd_loss="l2", lora_every=1, lora_lr=0.05, camera_drop_prob=0.0) if guidance == "vsd" else {}
+    extra = (
+        dict(vsd_loss="l2", lora=CameraLoRAConfig(every=1, lr=0.05, camera_drop_prob=0.0)) if guidance == "vsd" else {}
+    )
     stage = SRStageConfig(guidance=guidance, batch_size=2, patch_size=8, seed=0, **extra).setup(prior=prior)
     renders, lr, c2w = _stage_views()
     target = F.interpolate(lr, scale_factor=4, mode="nearest")

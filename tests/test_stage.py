@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from vsdsr_nerfstudio.sr.core import stage as stage_mod  # noqa: E402
-from vsdsr_nerfstudio.sr.core.lora import normalized_flat_c2w  # noqa: E402
+from vsdsr_nerfstudio.sr.core.lora import CameraLoRAConfig, normalized_flat_c2w  # noqa: E402
 from vsdsr_nerfstudio.sr.core.objectives import schedule_coefficients, x0_to_pred  # noqa: E402
 from vsdsr_nerfstudio.sr.core.stage import (  # noqa: E402
     SRStage,
@@ -115,10 +115,8 @@ def test_stage_descends_to_the_prior_target_and_only_updates_the_residual(guidan
         batch_size=2,
         patch_size=16,
         latent_lr=0.01,
-        lora_every=1,
-        lora_lr=0.05,
+        lora=CameraLoRAConfig(every=1, lr=0.05, camera_drop_prob=0.0),
         vsd_loss="l2",
-        camera_drop_prob=0.0,
         seed=0,
         t_max=0.7,
         t_min=0.7,
@@ -148,7 +146,11 @@ def test_vsd_needs_the_lora_to_move_and_lora_tracks_the_particle():
     """With omega = gamma = 1 the VSD gradient is zero until the LoRA has learnt the current latents."""
     prior = AnalyticPrior()
     cfg = SRStageConfig(
-        guidance="vsd", guidance_scale=1.0, batch_size=2, patch_size=16, lora_every=1000, camera_drop_prob=0.0
+        guidance="vsd",
+        guidance_scale=1.0,
+        batch_size=2,
+        patch_size=16,
+        lora=CameraLoRAConfig(every=1000, camera_drop_prob=0.0),
     )
     stage = cfg.setup(prior=prior)
     renders, lr, c2w = views_data()
@@ -193,7 +195,12 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
     prior = make_tiny_prior()
     omega, B, nl = 10.0, 3, 37
     cfg = SRStageConfig(
-        batch_size=B, patch_size=8, guidance_scale=omega, noise_level=nl, lora_every=1, camera_drop_prob=0.0, seed=2
+        batch_size=B,
+        patch_size=8,
+        guidance_scale=omega,
+        noise_level=nl,
+        lora=CameraLoRAConfig(every=1, camera_drop_prob=0.0),
+        seed=2,
     )
     stage = cfg.setup(prior=prior)
     lora = stage.lora
@@ -274,7 +281,9 @@ def test_vsd_step_wiring_cfg_noise_level_camera_and_lr_conditioning(monkeypatch)
 
 def test_camera_cfg_in_stage_batches_pi_and_zero(monkeypatch):
     prior = make_tiny_prior()
-    stage = SRStageConfig(batch_size=2, patch_size=8, camera_guidance_scale=4.0, lora_every=1000).setup(prior=prior)
+    stage = SRStageConfig(
+        batch_size=2, patch_size=8, camera_guidance_scale=4.0, lora=CameraLoRAConfig(every=1000)
+    ).setup(prior=prior)
     inputs = []
     stage.lora.camera_mlp.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach().clone()))
     renders, lr, c2w = views_data(n=2)
@@ -334,7 +343,7 @@ def test_t_schedule_endpoints_and_restart_per_stage():
 def test_memory_is_bounded_by_batch_and_patch():
     """The prior only ever sees B (or 2B for CFG) patches, never a whole view or all N views."""
     prior = AnalyticPrior()
-    stage = SRStageConfig(guidance="vsd", batch_size=3, patch_size=8, lora_every=1).setup(prior=prior)
+    stage = SRStageConfig(guidance="vsd", batch_size=3, patch_size=8, lora=CameraLoRAConfig(every=1)).setup(prior=prior)
     renders, lr, c2w = views_data(n=5, h=16, w=24)
     stage.run(renders, lr, c2w, num_steps=4)
     assert prior.calls and all(c["batch"] <= 6 and c["hw"] == (8, 8) for c in prior.calls)
@@ -342,7 +351,7 @@ def test_memory_is_bounded_by_batch_and_patch():
 
 def test_delta_resets_each_stage_and_lora_persists():
     prior = make_tiny_prior()
-    stage = SRStageConfig(batch_size=2, patch_size=8, lora_every=1).setup(prior=prior)
+    stage = SRStageConfig(batch_size=2, patch_size=8, lora=CameraLoRAConfig(every=1)).setup(prior=prior)
     renders, lr, c2w = views_data(n=2)
     stage.begin(renders, lr, c2w, num_steps=2)
     stage.step()
@@ -352,9 +361,9 @@ def test_delta_resets_each_stage_and_lora_persists():
     assert (stage.delta == 0).all() and stage.step_index == 0
     assert all(torch.equal(a, b) for a, b in zip(lora_after_1, stage.lora.parameters(), strict=True))
     assert stage.lora.num_calls == 1 and stage.lora.num_stages == 2
-    # lora_persist=False re-initialises the LoRA at the next stage
+    # lora.persist=False re-initialises the LoRA at the next stage
     stage.finish()
-    stage.config.lora_persist = False
+    stage.config.lora.persist = False
     stage.begin(renders, lr, c2w, num_steps=2)
     assert stage.lora.num_calls == 0
     assert all(
@@ -366,8 +375,8 @@ def test_base_weights_unchanged_and_output_shape_on_tiny_prior():
     prior = make_tiny_prior()
     base = {k: v.clone() for k, v in prior.denoiser.state_dict().items() if "lora_" not in k}
     vae = {k: v.clone() for k, v in prior.vae.state_dict().items()}
-    stage = SRStageConfig(batch_size=2, patch_size=8, lora_every=1, lora_lr=1e-2).setup(prior=prior)
-    assert stage.config.lora_gradient_checkpointing and prior.denoiser.is_gradient_checkpointing
+    stage = SRStageConfig(batch_size=2, patch_size=8, lora=CameraLoRAConfig(every=1, lr=1e-2)).setup(prior=prior)
+    assert stage.config.lora.gradient_checkpointing and prior.denoiser.is_gradient_checkpointing
     lora0 = [p.detach().clone() for p in stage.lora.parameters()]
     renders, lr, c2w = views_data(n=3)
     steps = []
@@ -402,7 +411,7 @@ def test_stage_runs_on_the_pixel_space_prior():
     """A 48-channel, text-free prior: the same code path (no text CFG, LoRA on its attention, v-prediction)."""
     prior = SRPriorConfig(prior="pixel-tiny").setup(torch.device("cpu"))
     assert prior.latent_channels == 48 and not prior.uses_text
-    stage = SRStageConfig(batch_size=2, patch_size=8, lora_every=1).setup(prior=prior)
+    stage = SRStageConfig(batch_size=2, patch_size=8, lora=CameraLoRAConfig(every=1)).setup(prior=prior)
     renders, lr, c2w = views_data(n=2)
     stats = []
     images = stage.run(renders, lr, c2w, num_steps=2, callback=stats.append)

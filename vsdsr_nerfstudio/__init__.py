@@ -5,10 +5,12 @@ transformers at import time (they load when the first upscaling stage starts).
 """
 
 from vsdsr_nerfstudio.compat.checkpoints import allow_nerfstudio_checkpoint_globals
+from vsdsr_nerfstudio.compat.legacy_paths import install_legacy_module_aliases
 
 __version__ = "0.1.0"
 
 allow_nerfstudio_checkpoint_globals()
+install_legacy_module_aliases()  # config.yml of runs saved before the layout change name the old module paths
 
 try:  # never let a video convenience break an ns-* command
     from vsdsr_nerfstudio.compat.ffmpeg import use_bundled_ffmpeg

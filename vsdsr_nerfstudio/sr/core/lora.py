@@ -24,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
+from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
 from vsdsr_nerfstudio.sr.core.objectives import cfg_combine, q_sample, schedule_coefficients, training_target
@@ -101,69 +103,108 @@ def drop_cameras(cameras: Float[Tensor, "B 16"], drop: bool) -> Float[Tensor, "B
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class CameraLoRAConfig(InstantiateConfig):
+    """The VSD LoRA model: rank and targets of the adapters, its optimiser and update schedule, camera dropout.
+    Nested in the stage config as ``--pipeline.stage.lora.*`` (as Nerfacto nests ``camera_optimizer``)."""
+
+    _target: Type = field(default_factory=lambda: CameraLoRA)
+    """The LoRA model class this config builds."""
+    rank: int = 4
+    """Rank of the LoRA adapters on the attention projections."""
+    alpha: Optional[float] = None
+    """LoRA alpha (``None`` = rank, i.e. scale 1 as diffusers' LoRAAttnProcessor)."""
+    targets: Tuple[str, ...] = DEFAULT_LORA_TARGETS
+    """Module-name suffixes of the denoiser that get LoRA adapters."""
+    lr: float = 1e-4
+    """AdamW learning rate of the LoRA and the camera MLP."""
+    weight_decay: float = 0.01
+    """AdamW weight decay of the LoRA and the camera MLP."""
+    every: int = 3
+    """The LoRA is updated on every every-th VSD step (the 1st, (k+1)-th, ...); the counter persists."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip of the LoRA update (<= 0: off)."""
+    camera_drop_prob: float = 0.1
+    """Probability that a LoRA training batch gets the unconditional camera (pi = 0) for all its patches."""
+    zero_init_camera: bool = True
+    """Zero-initialise the camera MLP's output layer, so the LoRA model starts as the pretrained model."""
+    mixed_precision: bool = True
+    """Autocast the LoRA update (GradScaler for fp16) when the prior runs in half precision on CUDA."""
+    gradient_checkpointing: bool = True
+    """Gradient checkpointing of the denoiser during the LoRA update (no effect on no-grad guidance forwards)."""
+    persist: bool = True
+    """Keep the LoRA (and its optimiser, counter) across SR stages, as VSD-SR; False re-initialises it per stage."""
+
+    def setup(self, prior: SRPrior, seed: int = 0, **kwargs: Any) -> "CameraLoRA":  # type: ignore[override]
+        """Inject the adapters into ``prior.denoiser`` and build the LoRA model."""
+        return self._target(prior, self, seed=seed, **kwargs)
+
+
+LEGACY_STAGE_LORA_FIELDS: Dict[str, str] = {
+    "lora_rank": "rank",
+    "lora_alpha": "alpha",
+    "lora_targets": "targets",
+    "lora_lr": "lr",
+    "lora_weight_decay": "weight_decay",
+    "lora_every": "every",
+    "lora_grad_clip": "grad_clip",
+    "camera_drop_prob": "camera_drop_prob",
+    "camera_zero_init": "zero_init_camera",
+    "lora_mixed_precision": "mixed_precision",
+    "lora_gradient_checkpointing": "gradient_checkpointing",
+    "lora_persist": "persist",
+}
+"""Flat stage-config fields of releases before the nested ``lora`` config -> their :class:`CameraLoRAConfig` name
+(old ``config.yml`` files are migrated on load)."""
+
+
 class CameraLoRA:
     """Camera-conditioned LoRA inside ``prior.denoiser`` plus its own optimiser and update counter.
 
     Args:
         prior: the SR prior; adapters are injected into ``prior.denoiser`` (shared frozen weights).
-        rank: LoRA rank.
-        alpha: LoRA alpha (``None``: ``= rank``, i.e. scale 1 as diffusers' ``LoRAAttnProcessor``).
-        target_modules: module-name suffixes that get adapters.
-        lr: AdamW learning rate of the LoRA and the camera MLP.
-        weight_decay: AdamW weight decay.
-        grad_clip: max grad norm (``<= 0``: no clipping).
-        every: train on every ``every``-th :meth:`maybe_train` call (1st, ``every+1``-th, ...).
-        camera_drop_prob: probability of zeroing the camera for the whole training batch.
-        mixed_precision: fp16/bf16 autocast (+ GradScaler for fp16) when the prior runs in half precision on CUDA.
-        gradient_checkpointing: enable the denoiser's gradient checkpointing (only active with grad enabled, i.e.
-            only in the LoRA training step; no-grad guidance forwards are unaffected).
-        zero_init_camera: zero-initialise the camera MLP's last layer.
+        config: rank, targets, optimiser, schedule and camera dropout (:class:`CameraLoRAConfig`; default: its
+            defaults).
         adapter_name: peft adapter name.
         seed: seed of this object's random draws (timesteps, noise, camera dropout).
+        **overrides: fields of ``config`` to replace (e.g. ``every=1``), for direct use in scripts and tests.
     """
 
     def __init__(
         self,
         prior: SRPrior,
-        rank: int = 4,
-        alpha: Optional[float] = None,
-        target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        grad_clip: float = 1.0,
-        every: int = 3,
-        camera_drop_prob: float = 0.1,
-        mixed_precision: bool = True,
-        gradient_checkpointing: bool = False,
-        zero_init_camera: bool = True,
+        config: Optional[CameraLoRAConfig] = None,
         adapter_name: str = "vsd_camera_lora",
         seed: int = 0,
+        **overrides: Any,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if not 0.0 <= camera_drop_prob <= 1.0:
-            raise ValueError(f"camera_drop_prob must lie in [0, 1], got {camera_drop_prob}")
+        config = replace(config or CameraLoRAConfig(), **overrides)
+        if config.every < 1:
+            raise ValueError(f"every must be >= 1, got {config.every}")
+        if not 0.0 <= config.camera_drop_prob <= 1.0:
+            raise ValueError(f"camera_drop_prob must lie in [0, 1], got {config.camera_drop_prob}")
+        self.config = config
         self.prior = prior
-        self.rank = int(rank)
-        self.alpha = float(alpha) if alpha is not None else float(rank)
-        self.target_modules = list(target_modules)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.grad_clip = grad_clip
-        self.every = int(every)
-        self.camera_drop_prob = float(camera_drop_prob)
+        self.rank = int(config.rank)
+        self.alpha = float(config.alpha) if config.alpha is not None else float(config.rank)
+        self.target_modules = list(config.targets)
+        self.lr = config.lr
+        self.weight_decay = config.weight_decay
+        self.grad_clip = config.grad_clip
+        self.every = int(config.every)
+        self.camera_drop_prob = float(config.camera_drop_prob)
         self.adapter_name = adapter_name
-        self.zero_init_camera = zero_init_camera
+        self.zero_init_camera = config.zero_init_camera
         self.seed = seed
         self.device = torch.device(prior.device)
 
         self._inject()
-        if gradient_checkpointing and hasattr(prior.denoiser, "enable_gradient_checkpointing"):
+        if config.gradient_checkpointing and hasattr(prior.denoiser, "enable_gradient_checkpointing"):
             prior.denoiser.enable_gradient_checkpointing()
-        self.camera_mlp = CameraMLP(prior.class_embedding_dim, zero_init=zero_init_camera).to(self.device)
+        self.camera_mlp = CameraMLP(prior.class_embedding_dim, zero_init=config.zero_init_camera).to(self.device)
 
         half = prior.dtype in (torch.float16, torch.bfloat16)
-        self.use_autocast = bool(mixed_precision and half and self.device.type == "cuda")
+        self.use_autocast = bool(config.mixed_precision and half and self.device.type == "cuda")
         self.autocast_dtype = prior.dtype if self.use_autocast else torch.float32
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_autocast and prior.dtype == torch.float16)
         self.optimizer = self._make_optimizer()

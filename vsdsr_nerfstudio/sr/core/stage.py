@@ -25,7 +25,13 @@ from jaxtyping import Float, Int
 from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.core.lora import CameraLoRA, camera_normalization, normalized_flat_c2w
+from vsdsr_nerfstudio.sr.core.lora import (
+    LEGACY_STAGE_LORA_FIELDS,
+    CameraLoRA,
+    CameraLoRAConfig,
+    camera_normalization,
+    normalized_flat_c2w,
+)
 from vsdsr_nerfstudio.sr.core.objectives import (
     cfg_combine,
     ddim_step,
@@ -105,33 +111,19 @@ class SRStageConfig(InstantiateConfig):
     """Latents decoded per VAE call."""
 
     # -- LoRA model (vsd only) ----------------------------------------------------------------------------------
-    lora_rank: int = 4
-    """Rank of the LoRA adapters on the attention projections."""
-    lora_alpha: Optional[float] = None
-    """LoRA alpha (``None`` = rank, i.e. scale 1 as diffusers' LoRAAttnProcessor)."""
-    lora_targets: Tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    """Module-name suffixes of the denoiser that get LoRA adapters."""
-    lora_lr: float = 1e-4
-    """AdamW learning rate of the LoRA and the camera MLP."""
-    lora_weight_decay: float = 0.01
-    """AdamW weight decay of the LoRA and the camera MLP."""
-    lora_every: int = 3
-    """The LoRA is updated on every lora_every-th VSD step (the 1st, (k+1)-th, ...); the counter persists."""
-    lora_grad_clip: float = 1.0
-    """Gradient-norm clip of the LoRA update (<= 0: off)."""
-    camera_drop_prob: float = 0.1
-    """Probability that a LoRA training batch gets the unconditional camera (pi = 0) for all its patches."""
-    camera_zero_init: bool = True
-    """Zero-initialise the camera MLP's output layer, so the LoRA model starts as the pretrained model."""
-    lora_mixed_precision: bool = True
-    """Autocast the LoRA update (GradScaler for fp16) when the prior runs in half precision on CUDA."""
-    lora_gradient_checkpointing: bool = True
-    """Gradient checkpointing of the denoiser during the LoRA update (no effect on no-grad guidance forwards)."""
-    lora_persist: bool = True
-    """Keep the LoRA (and its optimiser, counter) across SR stages, as VSD-SR; False re-initialises it per stage."""
+    lora: CameraLoRAConfig = field(default_factory=CameraLoRAConfig)
+    """The camera-conditioned LoRA model of VSD (rank, optimiser, update schedule, camera dropout, persistence)."""
 
     seed: int = 0
     """Seed of patches, timesteps, noise and LoRA training draws."""
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """Restore from a pickle or a ``config.yml``; files of releases with flat ``lora_*`` stage fields (before
+        the nested :attr:`lora` config) load with those values moved into :attr:`lora`."""
+        legacy = {LEGACY_STAGE_LORA_FIELDS[k]: state.pop(k) for k in list(state) if k in LEGACY_STAGE_LORA_FIELDS}
+        self.__dict__.update(state)
+        if "lora" not in state:
+            self.lora = CameraLoRAConfig(**legacy)
 
     def setup(self, prior: "SRPrior", **kwargs: Any) -> "SRStage":  # type: ignore[override]
         """Build the stage optimiser on ``prior`` (the LoRA for ``vsd`` is injected there; peft loads lazily)."""
@@ -234,21 +226,7 @@ class SRStage:
         self.device = torch.device(prior.device)
         self.latent_device = torch.device(config.latent_device) if config.latent_device else self.device
         if config.guidance == "vsd" and lora is None:
-            lora = CameraLoRA(
-                prior,
-                rank=config.lora_rank,
-                alpha=config.lora_alpha,
-                target_modules=config.lora_targets,
-                lr=config.lora_lr,
-                weight_decay=config.lora_weight_decay,
-                grad_clip=config.lora_grad_clip,
-                every=config.lora_every,
-                camera_drop_prob=config.camera_drop_prob,
-                mixed_precision=config.lora_mixed_precision,
-                gradient_checkpointing=config.lora_gradient_checkpointing,
-                zero_init_camera=config.camera_zero_init,
-                seed=config.seed + 1000,
-            )
+            lora = config.lora.setup(prior, seed=config.seed + 1000)
         self.lora = lora
         self.generator = torch.Generator().manual_seed(config.seed)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
@@ -328,14 +306,14 @@ class SRStage:
         self.text = prior.text_embeddings() if prior.uses_text else None
         self.stage_index += 1
         if self.lora is not None:
-            self.lora.begin_stage(persist=cfg.lora_persist)
+            self.lora.begin_stage(persist=cfg.lora.persist)
         self._cursor = 0
         self._step = 0
         self.num_steps = int(num_steps)
         self.active = True
 
     def step(self) -> SRStepStats:
-        """One distillation step on B patches; updates delta (and the LoRA on every ``lora_every``-th vsd step)."""
+        """One distillation step on B patches; updates delta (and the LoRA on every ``lora.every``-th vsd step)."""
         if not self.active:
             raise RuntimeError("call begin() before step()")
         cfg, prior = self.config, self.prior
