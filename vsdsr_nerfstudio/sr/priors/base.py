@@ -4,7 +4,8 @@ Everything above this line (objectives, LoRA, the stage optimiser, the I3DS pipe
 through :class:`SRPrior`. Two priors implement it:
 
 - ``SDUpscalerPrior`` (``sr/priors/sd_upscaler.py``): Stable Diffusion x4 upscaler, VAE latent with 4 channels;
-- a pixel-space prior (planned): pixel-unshuffle x4 as an exact "VAE", 48 channels.
+- the pixel-space prior (`sr/priors/pixel_prior.py`; the embedded one ships in the package): pixel-unshuffle x4
+  as an exact "VAE", 48 channels.
 
 This module is import-light on purpose (torch only): the nerfstudio plugin imports it.
 """

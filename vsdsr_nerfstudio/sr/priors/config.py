@@ -28,7 +28,7 @@ DtypeName = Literal["bf16", "fp16", "fp32"]
 
 MODEL_PATH_FIELD = "prior.model_path"
 """How error messages name the config field holding the weights location (the CLI path depends on where the
-pipeline nests this config, e.g. ``--pipeline.sr.prior.model-path``)."""
+pipeline nests this config, e.g. ``--pipeline.prior.model-path``)."""
 
 
 class PriorLoadError(RuntimeError):
