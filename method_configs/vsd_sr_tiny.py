@@ -1,8 +1,9 @@
 """`vsd-sr-tiny`: the default method shrunk to run on a CPU in seconds (tests, smoke checks, CI).
 
 Same classes as `vsd-sr`; only sizes change: a small hash grid and proposal networks, few rays and samples,
-torch (not tinycudann) hash grid, no viewer, the `tiny` diffusion prior (random weights: it exercises every code
-path, it does not improve images), and a short schedule: 20 LR steps, then 2 cycles of (3 SR steps, 10 sync steps).
+torch hash grid (not tinycudann or Triton), no viewer, the `tiny` diffusion prior (random weights: it exercises
+every code path, it does not improve images), and a short schedule: 20 LR steps, then 2 cycles of (3 SR steps, 10
+sync steps).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def vsd_sr_tiny_config():
     datamanager.train_num_rays_per_batch = 256
     datamanager.eval_num_rays_per_batch = 256
     model = config.pipeline.model
-    model.implementation = "torch"
+    model.hash_backend = "torch"
     model.num_levels = 8
     model.max_res = 512
     model.log2_hashmap_size = 14

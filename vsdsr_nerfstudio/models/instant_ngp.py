@@ -30,6 +30,7 @@ from nerfstudio.models.instant_ngp import InstantNGPModelConfig, NGPModel
 
 from vsdsr_nerfstudio.models.nerfacc_cuda import require_nerfacc_cuda
 from vsdsr_nerfstudio.models.offline_eval import OfflineEvalConfig, OfflineEvalMixin
+from vsdsr_nerfstudio.models.triton_hash_encoding import HashGridBackend, hash_backend_for_device, swap_hash_encodings
 
 
 @dataclass
@@ -54,6 +55,10 @@ class VsdSrNGPModelConfig(OfflineEvalConfig, InstantNGPModelConfig):
     eval_num_rays_per_chunk: int = 1 << 13
     """Rays per forward pass when rendering whole images (eval, viewer, ns-render, the 4x renders of every
     upscaling stage); nerfstudio's instant-ngp preset value."""
+    hash_backend: HashGridBackend = "auto"
+    """Hash-grid implementation: ``auto`` = tinycudann if installed, else the fused Triton kernels on CUDA, else
+    nerfstudio's pure-torch grid; or ``tcnn`` / ``triton`` / ``torch`` explicitly. nerfstudio's NGPModel builds its
+    field with tinycudann whenever it is installed, so ``triton``/``torch`` apply only where it is not."""
 
     def check_runtime(self, device: Optional[Union[str, torch.device]]) -> None:
         """Raise a clear error when this model cannot run on ``device`` (nerfacc's kernels need CUDA). Called by the
@@ -82,3 +87,9 @@ class VsdSrNGPModel(OfflineEvalMixin, NGPModel):
                 "vsdsr_nerfstudio/models/instant_ngp.py"
             )
         self.field.use_average_appearance_embedding = self.config.use_average_appearance_embedding
+        backend = hash_backend_for_device(self.config.hash_backend, self.kwargs.get("device"))
+        if swap_hash_encodings(self, backend) == 0 and backend == "triton":
+            raise RuntimeError(
+                "hash_backend='triton' but nerfstudio's Instant-NGP built its hash grid with tinycudann (it does "
+                "whenever tinycudann is installed); use --pipeline.model.hash-backend auto or tcnn."
+            )

@@ -7,6 +7,9 @@ Differences from nerfstudio's Nerfacto, and why:
   come out shifted against the real images (seen on fern: 15.9 dB vs 25.6 dB for bicubic of the real LR view).
   Between the LR and HR stages of I3DS a pose change would also corrupt the super-resolved training targets.
 - **Finer hash grid** (``max_res`` 4096, as DiSR-NeRF) so the finest level can resolve the 4x images.
+- **Fast hash grid without tinycudann** (``hash_backend``): on CUDA without tinycudann, the fused Triton encoding
+  (:mod:`vsdsr_nerfstudio.models.triton_hash_encoding`) replaces nerfstudio's pure-torch grid, with the same table
+  layout, so checkpoints load with either.
 - **Offline HR evaluation** (:mod:`vsdsr_nerfstudio.models.offline_eval`, shared with the Instant-NGP model of
   `vsd-sr-ngp`): LPIPS built lazily at the first evaluation from a local weights file if given, kept out of the
   module tree (Nerfacto builds it in ``populate_modules``, which downloads AlexNet: with no network, training would
@@ -23,6 +26,7 @@ from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from vsdsr_nerfstudio.models.offline_eval import OfflineEvalConfig, OfflineEvalMixin
+from vsdsr_nerfstudio.models.triton_hash_encoding import HashGridBackend, hash_backend_for_device, swap_hash_encodings
 
 
 @dataclass
@@ -37,6 +41,11 @@ class VsdSrModelConfig(OfflineEvalConfig, NerfactoModelConfig):
     eval_num_rays_per_chunk: int = 1 << 13
     """Rays per forward pass when rendering whole images (eval, viewer, ns-render, the 4x renders of every
     upscaling stage). With the pure-torch hash grid, 32768 rays took 66 GiB on fern; 8192 keeps it near 16 GiB."""
+    hash_backend: HashGridBackend = "auto"
+    """Hash-grid implementation: ``auto`` = tinycudann if installed, else the fused Triton kernels on CUDA, else
+    nerfstudio's pure-torch grid; or ``tcnn`` / ``triton`` / ``torch`` explicitly (an explicit choice that cannot run
+    here is an error). Triton and torch share the table layout: a checkpoint of one loads in the other. It also
+    decides nerfstudio's ``implementation`` (tinycudann MLPs only with ``tcnn``)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """Camera pose optimiser. Off by default: held-out views are rendered from the dataset poses, and optimised
     train poses shift the scene against them; a pose change between the LR and HR stages also corrupts the SR
@@ -47,3 +56,15 @@ class VsdSrModel(OfflineEvalMixin, NerfactoModel):
     """Nerfacto whose evaluation works offline at the HR eval resolution and reports NIQE."""
 
     config: VsdSrModelConfig
+
+    def populate_modules(self) -> None:
+        backend = hash_backend_for_device(self.config.hash_backend, self.kwargs.get("device"))
+        implementation = self.config.implementation
+        self.config.implementation = "tcnn" if backend == "tcnn" else "torch"  # read by Nerfacto's field builders
+        try:
+            super().populate_modules()
+        finally:
+            self.config.implementation = implementation
+        #: the hash-grid implementation this model was built with (``tcnn``, ``triton`` or ``torch``)
+        self.hash_backend = backend
+        swap_hash_encodings(self, backend)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Dict, Literal, Optional, Tuple, get_args
+from typing import Dict, Literal, Optional, Tuple, Union, get_args
 
 import torch
 from jaxtyping import Float
@@ -289,6 +289,13 @@ def resolve_hash_backend(requested: HashGridBackend, device_is_cuda: bool) -> st
     if device_is_cuda and _triton_available():
         return "triton"
     return "torch"
+
+
+def hash_backend_for_device(requested: HashGridBackend, device: Optional[Union[str, torch.device]]) -> str:
+    """:func:`resolve_hash_backend` for a model built for ``device`` (the pipeline passes it to the model as
+    ``device=``; ``None``: CUDA if available)."""
+    is_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return resolve_hash_backend(requested, device_is_cuda=is_cuda)
 
 
 def swap_hash_encodings(module: nn.Module, backend: str) -> int:
