@@ -33,7 +33,7 @@ DOWNSCALE, LLFFHOLD = 8, 8
 
 def sync() -> None:
     if DEVICE == "cuda":
-        sync()
+        torch.cuda.synchronize()
 
 
 def build_pipeline(data: Path, backend: str, seed: int = 0):
