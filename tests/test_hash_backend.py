@@ -44,6 +44,8 @@ def test_auto_on_cpu_builds_the_torch_grid():
     assert model.hash_backend in ("torch", "tcnn")  # tcnn only where it is installed
     if model.hash_backend == "torch":
         assert encodings(model) and not any(isinstance(e, TritonHashEncoding) for e in encodings(model))
+        # the torch grid renders in small chunks (memory); Triton / tinycudann in the config's large ones
+        assert model.config.eval_num_rays_per_chunk == VsdSrModelConfig().torch_grid_max_chunk < (1 << 16)
     assert model.config.implementation == VsdSrModelConfig().implementation  # the config is left as it was
 
 
@@ -61,7 +63,7 @@ def test_the_triton_backend_swaps_every_grid_and_checkpoints_interchange(monkeyp
     triton_model = build("auto", seed=4)
     grids = encodings(triton_model)
     assert len({id(g) for g in grids}) == 3 and all(isinstance(g, TritonHashEncoding) for g in grids)
-    assert triton_model.hash_backend == "triton"
+    assert triton_model.hash_backend == "triton" and triton_model.config.eval_num_rays_per_chunk == 1 << 16
     assert reference.state_dict().keys() == triton_model.state_dict().keys()
     triton_model.load_state_dict(reference.state_dict())
     positions = torch.rand(64, 3)
