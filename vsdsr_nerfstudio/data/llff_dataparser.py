@@ -92,6 +92,10 @@ class LLFFDataParserConfig(DataParserConfig):
     """Scale the world so that the largest absolute camera coordinate is 1 (as nerfstudio's colmap parser)."""
     scene_scale: float = 1.0
     """Half-size of the scene box [-scene_scale, scene_scale]^3 in the transformed world."""
+    load_3d_points: bool = True
+    """Read the scene's SfM points (sparse/0/points3D.bin or .txt, COLMAP) into the outputs' metadata
+    (points3D_xyz in the normalised world, points3D_rgb uint8), as nerfstudio's colmap parser: they seed
+    Gaussian models (vsd-sr-splat). Skipped when the scene has no sparse/0."""
 
 
 @dataclass
@@ -310,6 +314,8 @@ class LLFFDataParser(DataParser):
             "train_image_size": train_hw,
             "hr_image_size": hr_hw,
         }
+        if cfg.load_3d_points:
+            metadata.update(load_sfm_points(Path(cfg.data), poses.transform, poses.scale))
         CONSOLE.log(
             f"llff-data {split}: {len(indices)} of {num_views} views from {folder.path} at {width}x{height}"
             f"{' (cache)' if folder.is_cache else ''}; train {train_hw[1]}x{train_hw[0]}, eval x{sr_scale} "
@@ -323,6 +329,32 @@ class LLFFDataParser(DataParser):
             dataparser_scale=poses.scale,
             metadata=metadata,
         )
+
+
+def load_sfm_points(data: Path, transform: Float[Tensor, "3 4"], scale: float) -> dict:
+    """``{"points3D_xyz": (M, 3) float, "points3D_rgb": (M, 3) uint8}`` from ``data/sparse/0/points3D.bin`` (or
+    ``.txt``), moved into the parser's normalised world (``scale * (transform @ [p, 1])``, what it applies to the
+    camera centres); ``{}`` when there is no ``sparse/0``. LLFF's poses are in the COLMAP world of that model."""
+    folder = data / "sparse" / "0"
+    candidates = [folder / "points3D.bin", folder / "points3D.txt"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return {}
+    from nerfstudio.data.utils import colmap_parsing_utils as colmap
+
+    try:
+        points = colmap.read_points3D_binary(path) if path.suffix == ".bin" else colmap.read_points3D_text(path)
+    except Exception as err:  # struct.error, ValueError, OSError: a truncated or foreign file
+        raise LLFFDataError(
+            f"Cannot read the SfM points in {path}: {err}. Expected a COLMAP points3D file; remove sparse/0 or pass "
+            f"--load-3d-points False to train without them."
+        ) from err
+    if not points:
+        return {}
+    xyz = torch.from_numpy(np.array([p.xyz for p in points.values()], dtype=np.float32))
+    rgb = torch.from_numpy(np.array([p.rgb for p in points.values()], dtype=np.uint8))
+    xyz = (xyz @ transform[:3, :3].T.float() + transform[:3, 3].float()) * float(scale)
+    return {"points3D_xyz": xyz, "points3D_rgb": rgb}
 
 
 llff_dataparser = DataParserSpecification(

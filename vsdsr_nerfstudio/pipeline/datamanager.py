@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Literal, Optional, Tuple, Type, Union
 
 import torch
 from jaxtyping import Float, UInt8
@@ -33,10 +33,9 @@ class DataScaleError(ValueError):
 
 
 @dataclass
-class SRDataManagerConfig(VanillaDataManagerConfig):
-    """VanillaDataManager plus immutable LR originals and a rewritable 4x HR training buffer."""
+class HRBufferConfig:
+    """Config fields of the LR originals + rewritable HR buffer (ray-batch and full-image datamanagers)."""
 
-    _target: Type = field(default_factory=lambda: SRDataManager)
     sr_scale: int = 4
     """Super-resolution factor: HR training images are this many times the LR size along each side. Must match
     the data parser's ``sr_scale`` (the held-out views are evaluated at that scale)."""
@@ -49,28 +48,33 @@ class SRDataManagerConfig(VanillaDataManagerConfig):
     """Largest share of free GPU memory the HR buffer may take when ``hr_buffer_device`` is auto."""
 
 
-class SRDataManager(VanillaDataManager):
-    """A VanillaDataManager whose training images can be replaced by 4x super-resolved versions."""
+@dataclass
+class SRDataManagerConfig(HRBufferConfig, VanillaDataManagerConfig):
+    """VanillaDataManager plus immutable LR originals and a rewritable 4x HR training buffer."""
 
-    config: SRDataManagerConfig
+    _target: Type = field(default_factory=lambda: SRDataManager)
 
-    def setup_train(self) -> None:
-        super().setup_train()
-        batch = next(self.iter_train_image_dataloader)
-        if len(batch["image_idx"]) != len(self.train_dataset):
-            raise ValueError(
-                "SRDataManager needs every training image in memory; leave train-num-images-to-sample-from at -1"
-            )
-        # The cached batch comes in a shuffled order (image_idx[k] is the view of image k): store views in
-        # dataset order, so view i is camera i everywhere (LR conditioning, HR buffer, renders, c2w).
-        order = torch.argsort(batch["image_idx"].detach().cpu())
-        # float32 on CPU, (N, h, w, 3) in [0, 1]; never written to after this point.
-        self._lr_images: Tensor = batch["image"].detach().to("cpu", torch.float32)[order].clone()
-        self._image_idx: Tensor = torch.arange(len(order))
+
+class HRBufferMixin:
+    """The LR originals and the HR buffer, and every query/write on them; a datamanager mixes it in, calls
+    :meth:`_init_hr_buffer` at setup and implements :meth:`_on_switch_to_hr` (what changes when training moves
+    to the HR images: the ray generator, or the full-image cameras)."""
+
+    config: HRBufferConfig
+    device: Union[torch.device, str]
+    train_dataparser_outputs: Any
+
+    def _init_hr_buffer(self, lr_images: Float[Tensor, "N h w 3"], lr_cameras: Cameras) -> None:
+        # float32 on CPU, (N, h, w, 3) in [0, 1], view i = camera i; never written to after this point.
+        self._lr_images: Tensor = _to_float(lr_images[..., :3]).to("cpu", torch.float32).clone()
+        self._image_idx: Tensor = torch.arange(lr_images.shape[0])
         self._hr: Optional[Tensor] = None
         self._written: Optional[Tensor] = None
-        self._lr_cameras: Cameras = self.train_dataset.cameras
+        self._lr_cameras: Cameras = lr_cameras
         self._check_data_scale()
+
+    def _on_switch_to_hr(self) -> None:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- queries
     def _check_data_scale(self) -> None:
@@ -114,11 +118,6 @@ class SRDataManager(VanillaDataManager):
         cameras.rescale_output_resolution(self.config.sr_scale)
         return cameras
 
-    @property
-    def train_cameras(self) -> Cameras:
-        """The cameras training rays are generated from: LR before the first write, HR after."""
-        return self.train_ray_generator.cameras
-
     def hr_images(self) -> Float[Tensor, "N H W 3"]:
         """The HR training images as float in [0, 1] (CPU). Before the first write: bicubic x sr_scale of LR."""
         if self._hr is None:
@@ -149,9 +148,7 @@ class SRDataManager(VanillaDataManager):
         )
         self._hr = _from_float(_bicubic_upsample(self._lr_images, self.config.sr_scale), dtype).to(buffer_device)
         self._written = torch.zeros(n, dtype=torch.bool)
-        # RayGenerator keeps its pixel grid in a parameter built on the CPU: move the module, not just the cameras
-        # (the original one was moved by the pipeline's datamanager.to(device)).
-        self.train_ray_generator = RayGenerator(self.hr_cameras().to(self.device)).to(self.device)
+        self._on_switch_to_hr()
 
     def write_view(self, index: int, image: Float[Tensor, "H W 3"]) -> None:
         """Replace training view ``index`` by an HR image in [0, 1] of size ``hr_size``."""
@@ -192,6 +189,35 @@ class SRDataManager(VanillaDataManager):
         assert self._hr is not None
         self._hr.copy_(images.to(self._hr.dtype).to(self._hr.device))
         self._written = state["written"].clone()
+
+
+class SRDataManager(HRBufferMixin, VanillaDataManager):
+    """A VanillaDataManager whose training images can be replaced by 4x super-resolved versions."""
+
+    config: SRDataManagerConfig
+
+    def setup_train(self) -> None:
+        super().setup_train()
+        batch = next(self.iter_train_image_dataloader)
+        if len(batch["image_idx"]) != len(self.train_dataset):
+            raise ValueError(
+                "SRDataManager needs every training image in memory; leave train-num-images-to-sample-from at -1"
+            )
+        # The cached batch comes in a shuffled order (image_idx[k] is the view of image k): store views in
+        # dataset order, so view i is camera i everywhere (LR conditioning, HR buffer, renders, c2w).
+        order = torch.argsort(batch["image_idx"].detach().cpu())
+        # float32 on CPU, (N, h, w, 3) in [0, 1]; never written to after this point.
+        self._init_hr_buffer(batch["image"].detach()[order], self.train_dataset.cameras)
+
+    @property
+    def train_cameras(self) -> Cameras:
+        """The cameras training rays are generated from: LR before the first write, HR after."""
+        return self.train_ray_generator.cameras
+
+    def _on_switch_to_hr(self) -> None:
+        # RayGenerator keeps its pixel grid in a parameter built on the CPU: move the module, not just the cameras
+        # (the original one was moved by the pipeline's datamanager.to(device)).
+        self.train_ray_generator = RayGenerator(self.hr_cameras().to(self.device)).to(self.device)
 
     # ------------------------------------------------------------------------------------------- sampling
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:

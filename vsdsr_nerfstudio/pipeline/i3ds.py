@@ -380,7 +380,13 @@ class I3DSPipeline(VanillaPipeline):
         self.model.eval()
         renders = []
         try:
+            render_camera = getattr(self.model, "render_camera_rgb", None)  # hook: models that render cameras
             for index in range(len(cameras)):
+                if callable(render_camera):  # (Gaussians): no rays; no camera optimiser or appearance embedding
+                    rgb = render_camera(cameras[index : index + 1])
+                    renders.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
+                    self._yield_lock()
+                    continue
                 bundle = cameras.generate_rays(camera_indices=index, keep_shape=True)
                 if camera_optimizer is not None:
                     camera_optimizer.apply_to_raybundle(bundle)
@@ -467,6 +473,9 @@ class I3DSPipeline(VanillaPipeline):
 
         t0 = time.perf_counter()
         self.datamanager.write_views(images.permute(0, 2, 3, 1))
+        begin_sync = getattr(self.model, "begin_sync_stage", None)  # hook: Gaussians restart densification stats
+        if callable(begin_sync):
+            begin_sync(step)
         self.sr.cycles_done = cycle
         self.sr.last_stage_step = step
         self._save_stage(cycle, step)
