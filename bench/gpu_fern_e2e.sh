@@ -43,22 +43,8 @@ elif [ "$phase" = run ]; then
   python3 -m nerfstudio.scripts.train vsd-sr "${common[@]}" --output-dir /tmp/e2e_nosr --pipeline.sr-enabled False \
     "${parser[@]}" > /tmp/e2e_nosr.log 2>&1 &
   nosr_pid=$!
-  render() {  # run name -> $OUT/<name>_view{0,1,2}.png (the render half of ns-eval's gt|render images)
-    local cfg; cfg=$(find "/tmp/e2e_$1" -name config.yml | head -n 1)
-    python3 -m nerfstudio.scripts.eval --load-config "$cfg" --output-path "/tmp/e2e_$1_eval.json" \
-      --render-output-path "/tmp/e2e_$1_renders" 2>&1 | grep -v '━' | tail -n 2
-    python3 - "$1" <<'PY'
-import os, sys
-from pathlib import Path
-from PIL import Image
-name = sys.argv[1]
-for i, path in enumerate(sorted(Path(f"/tmp/e2e_{name}_renders").glob("*_img_*.png"))):
-    with Image.open(path) as im:
-        w, h = im.size
-        im.crop((w // 2, 0, w, h)).save(Path(os.environ["OUT"]) / f"{name}_view{i}.png")
-print(name, "renders saved")
-PY
-  }
+  . "$repo/bench/heldout_renders.sh"
+  render() { render_heldout "/tmp/e2e_$1" "$1"; }  # -> $OUT/<name>_view{0,1,2}.png
   wait $nosr_pid; echo "no-SR training exit $?"; grep -v '━' /tmp/e2e_nosr.log | tail -n 2
   render nosr &
   wait $sr_pid; echo "SR training exit $?"
