@@ -175,7 +175,8 @@ class VsdSrSplatModel(OfflineEvalMixin, SplatfactoModel):
     # ------------------------------------------------------------------------------------------- state
     def load_state_dict(self, dict, **kwargs):  # type: ignore  # noqa: A002 (splatfacto's signature)
         if "filter_3d_variance" in dict:
-            self.filter_3d_variance = torch.zeros_like(dict["filter_3d_variance"])
+            # on the model's device: ns-eval / ns-render load checkpoints with map_location="cpu"
+            self.filter_3d_variance = torch.zeros_like(dict["filter_3d_variance"], device=self.device)
         return super().load_state_dict(dict, **kwargs)
 
     def get_training_callbacks(

@@ -348,7 +348,7 @@ def psnr(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"], border: int =
     return (10.0 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
 
 
-DEFAULT_LPIPS_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "metrics" / "lpips_alex_features.npz"
+DEFAULT_LPIPS_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "metrics" / "lpips_alex_features.npz"
 """LPIPS-alex weights used when none are given and this file exists (the workspace's shared copy, offline)."""
 
 

@@ -42,7 +42,7 @@ load as :class:`~vsdsr_nerfstudio.sr.priors.pixel_prior.PixelSpacePrior`."""
 PIXEL_PRIOR_NAMES = ("embedded", "pixel-tiny")
 """Values of ``SRPriorConfig.prior`` that select the pixel-space prior."""
 
-EMBEDDED_PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded_prior"
+EMBEDDED_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "embedded_prior"
 """Where the package ships the weights of the ``embedded`` prior (written by ``vsdsr-train-prior``)."""
 
 
