@@ -2,8 +2,11 @@
 scene's SfM points (LLFF `sparse/0`), pretrained on the LR views, then I3DS cycles (VSD upscaling stage with the
 Stable Diffusion x4 upscaler, sync stage on the rewritten 4x views), evaluated at 4x against real HR images.
 
-Schedule: `vsd-sr`'s (P=2000, K=1000, S=2000, C=4 -> 10000 Gaussian steps). Gaussians fit fern's LR views in ~2000
-steps; keeping the same schedule as the NeRF presets makes their numbers comparable step for step.
+Schedule: P=2000 LR steps, then C=4 cycles of K=1000 VSD steps and S=1000 sync steps (6000 Gaussian steps). The
+upscaling stage is `vsd-sr`'s; the sync stage is half as long because a Gaussian step fits a whole 4x view (about
+3 M pixels) where a Nerfacto step fits 4096 rays: S=1000 shows each of fern's 17 views about 59 times, Nerfacto's
+S=2000 shows 0.16 of the 4x pixels once. It keeps the whole schedule on fern within minutes
+(docs/benchmarks.md, "vsd-sr-splat").
 
 What differs from `vsd-sr`: the model (`VsdSrSplatModelConfig`, reasons in its help texts and
 docs/pipeline.md "Gaussians"), the datamanager (full images, `SRFullImageDataManagerConfig`) and splatfacto's
@@ -48,7 +51,7 @@ def splat_optimizers(max_steps: int) -> dict:
 
 def vsd_sr_splat_config() -> TrainerConfig:
     """The `vsd-sr-splat` trainer config."""
-    pretrain, upscale, sync, cycles = 2000, 1000, 2000, 4
+    pretrain, upscale, sync, cycles = 2000, 1000, 1000, 4
     steps = i3ds_steps(pretrain, sync, cycles)
     return TrainerConfig(
         method_name="vsd-sr-splat",
@@ -62,7 +65,7 @@ def vsd_sr_splat_config() -> TrainerConfig:
             datamanager=SRFullImageDataManagerConfig(
                 dataparser=LLFFDataParserConfig(downscale_factor=8, sr_scale=4), sr_scale=4
             ),
-            model=VsdSrSplatModelConfig(),
+            model=VsdSrSplatModelConfig(reset_alpha_every=sync // 100),  # refine_every 100: a reset per sync stage
             prior=SRPriorConfig(prior="sd-x4-upscaler"),
             stage=SRStageConfig(guidance="vsd", guidance_scale=10.0, camera_guidance_scale=1.0, vsd_loss="l1"),
             pretrain_steps=pretrain,

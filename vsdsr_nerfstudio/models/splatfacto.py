@@ -76,8 +76,9 @@ class VsdSrSplatModelConfig(OfflineEvalConfig, SplatfactoModelConfig):
     """Splatfacto's resolution warm-up (train at 1/2^d first). 0: its schedule counts global steps, so it would
     train the first sync stage's 4x images at reduced size."""
     reset_alpha_every: int = 20
-    """Opacity reset every this many refinements (x refine-every = 2000 steps = S): with P = S = 2000 the resets
-    fall at the start of every sync stage, when the views have just been rewritten at 4x."""
+    """Opacity reset every this many refinements (x refine-every 100 = 2000 steps): with P and S multiples of it the
+    resets fall at the start of every sync stage, when the views have just been rewritten at 4x (the presets set
+    it to S / 100)."""
     random_init: bool = False
     """Initialise at random (num-random Gaussians in a cube of random-scale) even when SfM points are available."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
