@@ -247,7 +247,7 @@ def _run_entry(result: RunResult, views: List[Dict[str, Any]]) -> Dict[str, Any]
         "name": result.plan.name,
         "kind": result.plan.kind,
         "method": result.plan.method,
-        "command": shlex.join(["ns-train", *result.plan.command()[4:]]),
+        "command": shlex.join(["ns-train", *result.plan.command()[3:]]),
         "run_dir": str(result.run_dir),
         "nerf_steps": steps,
         "wall_s": round(result.wall_s, 3),
@@ -293,7 +293,13 @@ def score_all(cfg: CompareConfig, comparison: Comparison, held_out: Any) -> List
 
 def write_outputs(cfg: CompareConfig, output: Path, held_out: Any, results: Dict[str, Any]) -> None:
     """results.json, results.md and crops.png in ``output``."""
-    from vsdsr_nerfstudio.tools.compare_report import choose_crops, crop_grid, markdown_table, write_json
+    from vsdsr_nerfstudio.tools.compare_report import (
+        choose_crops,
+        column_label,
+        crop_grid,
+        markdown_table,
+        write_json,
+    )
     from vsdsr_nerfstudio.tools.compare_score import saved_renders
 
     write_json(output / "results.json", results)
@@ -307,8 +313,11 @@ def write_outputs(cfg: CompareConfig, output: Path, held_out: Any, results: Dict
     (output / "results.md").write_text(header + table)
     size = min(cfg.crop_size, *held_out.hr.shape[-2:])
     crops = choose_crops(held_out.hr, cfg.crops, size)
-    columns = [("ground truth", held_out.hr)]
-    columns += [(entry["name"], saved_renders(output, entry["name"], held_out)) for entry in results["runs"]]
+    columns = [("ground truth", held_out.hr)]  # then one column per results entry, in table order
+    columns += [
+        (column_label(entry["name"], entry["kind"]), saved_renders(output, entry["name"], held_out))
+        for entry in results["runs"]
+    ]
     names = [f"view {i}" for i in held_out.indices]
     crop_grid(columns, crops, size, names).save(output / "crops.png")
     CONSOLE.print(table)

@@ -90,6 +90,22 @@ def _to_pil(image: Float[Tensor, "3 h w"]):
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+def _fit(draw: Any, text: str, width: int) -> str:
+    """``text`` cut (with a trailing "~") to fit ``width`` pixels in the default font."""
+    if draw.textlength(text) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "~") > width:
+        text = text[:-1]
+    return text + "~"
+
+
+def column_label(name: str, kind: str) -> str:
+    """Short crop-grid label of a results entry: the baselines by what they are, methods by their name."""
+    return {"oracle": "bicubic", "nosr-steps": "no SR, =steps", "nosr-time": "no SR, =time", "sr2d": "2D SR+NeRF"}.get(
+        kind, name
+    )
+
+
 def crop_grid(
     columns: Sequence[Tuple[str, Float[Tensor, "n 3 H W"]]],
     crops: Sequence[Tuple[int, int, int]],
@@ -104,7 +120,7 @@ def crop_grid(
     grid = Image.new("RGB", (len(columns) * size, LABEL_HEIGHT + len(crops) * size), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for col, (label, images) in enumerate(columns):
-        draw.text((col * size + 2, 1), label[: max(1, size // 6)], fill=(0, 0, 0))
+        draw.text((col * size + 2, 1), _fit(draw, label, size - 4), fill=(0, 0, 0))
         for row, (view, top, left) in enumerate(crops):
             cell = _to_pil(images[view, :, top : top + size, left : left + size])
             grid.paste(cell, (col * size, LABEL_HEIGHT + row * size))

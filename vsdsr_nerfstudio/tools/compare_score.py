@@ -89,14 +89,16 @@ class Scorer:
         if render.shape != hr.shape:
             raise ValueError(f"render {tuple(render.shape)} and HR image {tuple(hr.shape)} differ in size")
         a, b = render.clamp(0, 1)[None].float().cpu(), hr[None].float().cpu()
-        lpips = float(self.lpips(a, b))
-        return {
+        values = {
             "psnr": float(psnr(a, b)[0]),
             "ssim": float(structural_similarity_index_measure(a, b, data_range=1.0)),
-            "lpips": None if math.isnan(lpips) else lpips,
+            "lpips": float(self.lpips(a, b)),  # NaN when LPIPS could not be built
             "niqe": float(calculate_niqe(a[0], convert_to=self.niqe_channel)),  # type: ignore[arg-type]
             "lr_psnr": float(psnr(area_downsample(a, self.sr_scale), lr[None].float())[0]),
         }
+        # Undefined values (no LPIPS weights; NIQE of a featureless render, whose block statistics are degenerate)
+        # are reported as None ("n/a"), not as NaN (which is not JSON).
+        return {key: (value if math.isfinite(value) else None) for key, value in values.items()}
 
 
 def mean_metrics(views: List[Dict[str, Optional[float]]]) -> Dict[str, Optional[float]]:
