@@ -40,7 +40,7 @@ class VsdSrModelConfig(OfflineEvalConfig, NerfactoModelConfig):
     """Average initial density output from MLP (nerfstudio's nerfacto preset value)."""
     eval_num_rays_per_chunk: int = 1 << 16
     """Rays per forward pass when rendering whole images (eval, viewer, ns-render, the 4x renders of every
-    upscaling stage). 65536 with the Triton or tinycudann grid: 2.65 M rays/s on an H200 at 5 GiB, 2.4x the
+    upscaling stage). 65536 with the Triton or tinycudann grid: 2.65 M rays/s on an H200 at 5 GiB, 2.5x the
     throughput of 8192 chunks, bit-identical images (bench/results/nerfacto_fern_backends_h200.json). The pure-torch
     grid is capped at ``torch_grid_max_chunk``."""
     torch_grid_max_chunk: int = 1 << 13
