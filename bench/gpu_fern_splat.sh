@@ -28,13 +28,14 @@ if [ "$mode" = sr ]; then
   render_heldout /tmp/splat_sr splat_sr
 elif [ "$mode" = nosr ]; then
   N=${1:?steps}; shift
+  name=${RUN_NAME:-splat_nosr}  # several no-SR variants in one call: RUN_NAME=... bash bench/gpu_fern_splat.sh nosr
   start=$(date +%s)
   python3 -m nerfstudio.scripts.train vsd-sr-splat-embedded --data "$data" --vis tensorboard --steps-per-save 100000 \
-    --output-dir /tmp/splat_nosr --max-num-iterations "$N" --pipeline.sr-enabled False "$@" "${parser[@]}" \
-    > /tmp/splat_nosr.log 2>&1
-  echo "no-SR training exit $? after $(( $(date +%s) - start )) s"
-  grep -v '━' /tmp/splat_nosr.log | grep -E "Warning|Error|Traceback|rror" | tail -n 10
-  render_heldout /tmp/splat_nosr splat_nosr
+    --output-dir "/tmp/$name" --max-num-iterations "$N" --pipeline.sr-enabled False "$@" "${parser[@]}" \
+    > "/tmp/$name.log" 2>&1
+  echo "$name training exit $? after $(( $(date +%s) - start )) s"
+  grep -v '━' "/tmp/$name.log" | grep -E "I3DS phase|Warning|Error|Traceback|rror" | tail -n 10
+  render_heldout "/tmp/$name" "$name"
 else
   echo "unknown mode $mode (sr or nosr)"; exit 2
 fi
