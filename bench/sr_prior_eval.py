@@ -102,11 +102,7 @@ def rgb_to_y(image: Float[Tensor, "3 H W"]) -> Float[Tensor, "H W"]:
 
 def psnr_y(a: Float[Tensor, "3 H W"], b: Float[Tensor, "3 H W"], border: int = 4) -> float:
     """PSNR of the Y channels (peak 255), ``border`` pixels removed."""
-    ya, yb = rgb_to_y(a), rgb_to_y(b)
-    if border:
-        ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
-    mse = float((ya - yb).pow(2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return float(psnr(rgb_to_y(a), rgb_to_y(b), border=border, data_range=255.0))
 
 
 def ssim_y(a: Float[Tensor, "3 H W"], b: Float[Tensor, "3 H W"], border: int = 4) -> float:

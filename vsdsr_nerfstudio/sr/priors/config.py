@@ -161,7 +161,10 @@ class PriorFactory:
 @dataclass
 class SRPriorConfig(InstantiateConfig):
     """The x4 diffusion prior as an :class:`~vsdsr_nerfstudio.sr.priors.base.SRPrior`: the Stable Diffusion x4
-    upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one)."""
+    upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one).
+
+    Each option is used by some priors only; at the start of training (:func:`check_prior_source`) an option set
+    away from its default that the chosen prior does not use is an error."""
 
     _target: Type = field(default_factory=lambda: PriorFactory)
     """Factory of the prior: dispatches on ``prior`` through the registry (``PRIOR_KINDS``); imports diffusers
@@ -176,9 +179,9 @@ class SRPriorConfig(InstantiateConfig):
     """Hugging Face id or local diffusers folder of the upscaler (only for ``prior="sd-x4-upscaler"``). A folder
     written by ``sd_upscaler.save_tiny_prior`` also works. A local folder of a pixel-space prior (it holds
     ``pixel_prior.json``, e.g. ``vsdsr-train-prior``'s ``OUTPUT/model``) loads that prior, with ``prior`` set to
-    ``sd-x4-upscaler`` or ``embedded``."""
+    ``sd-x4-upscaler`` or ``embedded``. Not used by ``tiny``, ``sd-x4-random``, ``pixel-tiny``."""
     local_files_only: bool = False
-    """Never contact the hub; load ``model_path`` from the local Hugging Face cache only."""
+    """Never contact the hub; load ``model_path`` from the local Hugging Face cache only (``sd-x4-upscaler``)."""
     unet_dtype: DtypeName = "bf16"
     """Compute dtype of the UNet on a GPU. On a CPU the UNet always runs in float32. The VAE always runs in float32
     (it overflows in fp16) and the text encoder runs once, in float32, at setup."""
@@ -191,11 +194,13 @@ class SRPriorConfig(InstantiateConfig):
     vae_tile_size: int = 128
     """VAE tile size in latent (= LR) pixels; bounds the VAE memory (128 -> 512x512 HR pixels per tile, about
     2.6 GB to decode a 2016x1512 view). Latents that fit in one tile are encoded/decoded in one piece. 0 disables
-    tiling: exact (tiles see tile-wide GroupNorm statistics and attention), but about 16 GB for a 2016x1512 view."""
+    tiling: exact (tiles see tile-wide GroupNorm statistics and attention), but about 16 GB for a 2016x1512 view.
+    SD priors only (the pixel-space priors have no VAE)."""
     vae_tile_overlap: int = 32
-    """Overlap of neighbouring VAE tiles in latent pixels, blended linearly."""
+    """Overlap of neighbouring VAE tiles in latent pixels, blended linearly (SD priors only, as ``vae_tile_size``)."""
     seed: int = 0
-    """Seed of the random weights of the ``tiny``, ``sd-x4-random`` and ``pixel-tiny`` presets."""
+    """Seed of the random weights of the ``tiny``, ``sd-x4-random`` and ``pixel-tiny`` presets (not used by the
+    others)."""
 
     def setup(self, device: Union[str, torch.device] = "cpu", **kwargs: Any) -> "SRPrior":
         """Load the prior onto ``device`` (imports diffusers/transformers now), through :func:`resolve_prior`

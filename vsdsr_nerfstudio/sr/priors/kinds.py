@@ -167,6 +167,7 @@ class PixelFolderConfig(PriorKindConfig):
     shipped in the package."""
 
     pixel_space: ClassVar[bool] = True
+    """A pixel-space prior."""
     folder: Optional[str] = None
     """The pixel-prior folder; None: ``loading.EMBEDDED_PRIOR_DIR``."""
     embedded: bool = False
@@ -199,6 +200,7 @@ class PixelRandomConfig(PriorKindConfig):
     """The tiny pixel-space prior with seeded random weights (tests, CPU)."""
 
     pixel_space: ClassVar[bool] = True
+    """A pixel-space prior."""
     seed: int = 0
     """Seed of the weights."""
 

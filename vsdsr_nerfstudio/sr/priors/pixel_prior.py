@@ -46,9 +46,10 @@ from torch import Tensor, nn
 from vsdsr_nerfstudio.sr.core.objectives import cfg_combine, ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
 from vsdsr_nerfstudio.sr.priors.base import SRPrior
 from vsdsr_nerfstudio.sr.priors.loading import PIXEL_PRIOR_CONFIG_NAME, load_pixel_parts
+from vsdsr_nerfstudio.sr.priors.tiling import tiled_map
 from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images, set_schedules
 from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
@@ -272,15 +273,7 @@ class PixelSpacePrior(SRPrior):
                 f"{max_noise_level} needs {max_noise_level + 1}."
             )
 
-        self.scheduler = scheduler
-        self.low_res_scheduler = low_res_scheduler
-        prediction_type = scheduler.config.prediction_type
-        if prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.low_res_alphas_cumprod = low_res_scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.max_noise_level = int(max_noise_level)
+        set_schedules(self, scheduler, low_res_scheduler, max_noise_level)
 
     # ---- construction ------------------------------------------------------------------------------------------
 
@@ -508,26 +501,6 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> List[int]:
     return sorted(set(ts), reverse=True)
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> List[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return sorted(set(starts))
-
-
-def _ramp(n: int, start: int, tile: int, size: int, overlap: int, device: torch.device) -> Tensor:
-    """1-D blending weight of a tile: linear ramps over ``overlap`` pixels at interior edges, strictly positive."""
-    pos = torch.arange(n, device=device, dtype=torch.float32)
-    w = torch.ones(n, device=device)
-    if overlap > 0:
-        if start > 0:
-            w = torch.minimum(w, (pos + 1) / (overlap + 1))
-        if start + tile < size:
-            w = torch.minimum(w, (n - pos) / (overlap + 1))
-    return w
-
-
 def guided_predict(
     prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
 ) -> Tensor:
@@ -558,31 +531,17 @@ def _tiled_predict(
     overlap: int,
 ) -> Tensor:
     """The prediction over the whole latent, computed on overlapping ``tile`` x ``tile`` windows (LR pixels) and
-    blended with linear ramps (MultiDiffusion-style: every DDIM step sees one seamless prediction)."""
-    _, _, h, w = z_t.shape
+    blended (``sr/priors/tiling.py``, MultiDiffusion-style: every DDIM step sees one seamless prediction)."""
+    _, c, h, w = z_t.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return guided_predict(prior, z_t, t, lr_cond, noise_level, guidance_scale)
+
+    def window(x: Tensor) -> Tensor:
+        return guided_predict(prior, x[:, :c], t, x[:, c:], noise_level, guidance_scale)
+
     overlap = max(0, min(overlap, tile // 2))
-    stride = tile - overlap
-    out = torch.zeros_like(z_t)
-    weight = torch.zeros(1, 1, h, w, device=z_t.device)
-    for y in _tile_starts(h, tile, stride):
-        for x in _tile_starts(w, tile, stride):
-            th, tw = min(tile, h), min(tile, w)
-            pred = guided_predict(
-                prior,
-                z_t[..., y : y + th, x : x + tw],
-                t,
-                lr_cond[..., y : y + th, x : x + tw],
-                noise_level,
-                guidance_scale,
-            )
-            wy = _ramp(th, y, tile, h, overlap, z_t.device)
-            wx = _ramp(tw, x, tile, w, overlap, z_t.device)
-            wt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y : y + th, x : x + tw] += pred * wt
-            weight[..., y : y + th, x : x + tw] += wt
-    return out / weight
+    joint = torch.cat([z_t, lr_cond.to(z_t.dtype)], dim=1)
+    return tiled_map(window, joint, (h, w), tile, overlap, in_scale=1, out_scale=1)
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from vsdsr_nerfstudio.sr.priors.text import ByteTokenizer, TokenizeFn, encode_pr
 from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode, vae_downscale
 from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images, set_schedules
 from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
@@ -206,7 +206,7 @@ class SDUpscalerPrior(SRPrior):
         self.vae_tile_overlap = int(vae_tile_overlap)
         self._setup_denoiser(unet)
         self._setup_vae(vae)
-        self._setup_schedules(scheduler, low_res_scheduler, max_noise_level)
+        set_schedules(self, scheduler, low_res_scheduler, max_noise_level)
         self._setup_text(text_encoder, tokenize, prompt, negative_prompt)
         CONSOLE.print(
             f"SD x4 prior from {self.source}: UNet {self.dtype} on {self.device}, VAE float32, "
@@ -238,17 +238,6 @@ class SDUpscalerPrior(SRPrior):
                 f"UNet channels {cfg.in_channels}->{cfg.out_channels} do not match a "
                 f"{self.latent_channels}-channel latent plus a 3-channel LR image."
             )
-
-    def _setup_schedules(self, scheduler: Any, low_res_scheduler: Any, max_noise_level: int) -> None:
-        self.scheduler = scheduler
-        self.low_res_scheduler = low_res_scheduler
-        prediction_type = scheduler.config.prediction_type
-        if prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.low_res_alphas_cumprod = low_res_scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.max_noise_level = int(max_noise_level)
 
     def _setup_text(self, text_encoder: nn.Module, tokenize: TokenizeFn, prompt: str, negative_prompt: str) -> None:
         """Prompt embeddings once; the encoder is released when the caller drops its reference (the kind configs

@@ -81,3 +81,19 @@ def denoise_with_class_offset(
         return denoiser(x, timesteps, encoder_hidden_states=context, class_labels=labels, return_dict=False)[0]
     finally:
         hook.extra = None
+
+
+def set_schedules(prior: Any, scheduler: Any, low_res_scheduler: Any, max_noise_level: int) -> None:
+    """Set a prior's schedule attributes from its two schedulers (shared by every ``SRPrior`` implementation):
+    ``scheduler``, ``low_res_scheduler``, ``prediction_type`` (``v_prediction`` or ``epsilon``, else
+    ``ValueError``), ``alphas_cumprod`` and ``low_res_alphas_cumprod`` (float32 on ``prior.device``),
+    ``max_noise_level``."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type not in ("v_prediction", "epsilon"):
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
+    prior.scheduler = scheduler
+    prior.low_res_scheduler = low_res_scheduler
+    prior.prediction_type = prediction_type
+    prior.alphas_cumprod = scheduler.alphas_cumprod.to(device=prior.device, dtype=torch.float32)
+    prior.low_res_alphas_cumprod = low_res_scheduler.alphas_cumprod.to(device=prior.device, dtype=torch.float32)
+    prior.max_noise_level = int(max_noise_level)
