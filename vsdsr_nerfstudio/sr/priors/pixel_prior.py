@@ -43,13 +43,13 @@ from jaxtyping import Float, Int
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from vsdsr_nerfstudio.sr.core.objectives import cfg_combine, ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
+from vsdsr_nerfstudio.sr.core.objectives import ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
 from vsdsr_nerfstudio.sr.priors.base import SRPrior
 from vsdsr_nerfstudio.sr.priors.loading import PIXEL_PRIOR_CONFIG_NAME, load_pixel_parts
 from vsdsr_nerfstudio.sr.priors.tiling import tiled_map
 from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images, set_schedules
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, guided_predict, noise_lr_images, set_schedules
 from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
@@ -499,25 +499,6 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> List[int]:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
     ts = [int(round(num_train_timesteps - i * num_train_timesteps / steps)) - 1 for i in range(steps)]
     return sorted(set(ts), reverse=True)
-
-
-def guided_predict(
-    prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
-) -> Tensor:
-    """``prior.predict`` with text classifier-free guidance (``cfg_combine`` of ``sr/core/objectives``) where the
-    prior uses text and ``guidance_scale != 1`` (one batched call for both branches); plain otherwise."""
-    if not prior.uses_text:
-        return prior.predict(z_t, t, lr_cond, noise_level)
-    embeddings = prior.text_embeddings()
-    assert embeddings is not None
-    cond, uncond = embeddings
-    batch = z_t.shape[0]
-    if guidance_scale == 1.0:
-        return prior.predict(z_t, t, lr_cond, noise_level, text=cond.expand(batch, -1, -1))
-    two = lambda x: torch.cat([x, x])
-    text = torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)])
-    pred_c, pred_u = prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level), text=text).chunk(2)
-    return cfg_combine(pred_u, pred_c, guidance_scale)
 
 
 def _tiled_predict(
