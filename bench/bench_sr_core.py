@@ -24,6 +24,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from vsdsr_nerfstudio.data.resample import area_downsample
 from vsdsr_nerfstudio.sr.core.stage import SRStage, SRStageConfig
 from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
@@ -73,7 +74,7 @@ def stage_step_times(prior, guidance: str, steps: int, views: int, hw) -> Dict[s
     stage = SRStage(config, prior)
     h, w = hw
     renders = torch.rand(views, 3, h, w)
-    lr_images = torch.nn.functional.avg_pool2d(renders, 4)
+    lr_images = area_downsample(renders, 4)
     c2w = torch.eye(4).repeat(views, 1, 1)
     c2w[:, 0, 3] = torch.linspace(-0.5, 0.5, views)
     stage.begin(renders, lr_images, c2w, num_steps=steps + 3)

@@ -40,10 +40,12 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
+from vsdsr_nerfstudio.data.images import load_rgb_uint8, save_rgb
 from vsdsr_nerfstudio.data.llff_dataparser import llff_to_opengl_c2w
+from vsdsr_nerfstudio.metrics.lpips import try_build_lpips
+from vsdsr_nerfstudio.metrics.psnr import psnr
 from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, is_pixel_prior_folder
-from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, psnr, save_rgb, try_build_lpips
 
 
 @dataclass
@@ -146,7 +148,7 @@ def score(
     """Per-view metrics of ``sr`` against the ground truth and the LR image."""
     from torchmetrics.functional import structural_similarity_index_measure
 
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample
+    from vsdsr_nerfstudio.data.resample import area_downsample
 
     rows = []
     for i in range(sr.shape[0]):
@@ -170,8 +172,9 @@ def main(cfg: DiagnoseConfig) -> Dict[str, Any]:
     from nerfstudio.utils.rich_utils import CONSOLE
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from vsdsr_nerfstudio.data.resample import bicubic_upscale
     from vsdsr_nerfstudio.metrics.niqe import calculate_niqe
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import bicubic_upscale, ddim_upscale
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
 
     device = torch.device(
         "cuda"

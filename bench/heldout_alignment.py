@@ -43,7 +43,9 @@ from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from vsdsr_nerfstudio.data.resample import area_downsample, bicubic_resize
+from vsdsr_nerfstudio.metrics.psnr import psnr_from_mse
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,17 +243,13 @@ def mse_at_shift(image: torch.Tensor, gt: torch.Tensor, dy: int, dx: int, margin
     return float(((moved - target) ** 2).mean())
 
 
-def psnr_from_mse(mse: float) -> float:
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def psnr(image: torch.Tensor, gt: torch.Tensor, margin: int = 0) -> float:
     return psnr_from_mse(mse_at_shift(image, gt, 0, 0, margin))
 
 
 def _downsample2(image: torch.Tensor) -> torch.Tensor:
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    return F.avg_pool2d(image[:h, :w].permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+    return area_downsample(image[:h, :w].permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
 
 
 def _search(image, gt, margin, ys: Sequence[int], xs: Sequence[int]) -> Tuple[int, int]:
@@ -302,8 +300,7 @@ def bicubic_baseline(run: RunConfig, pipeline) -> List[torch.Tensor]:
     for index, path in enumerate(lr_split.image_filenames):
         lr = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
         hr_h, hr_w = gt_image(pipeline, index).shape[:2]
-        up = F.interpolate(lr.permute(2, 0, 1)[None], size=(hr_h, hr_w), mode="bicubic", align_corners=False)
-        out.append(up[0].permute(1, 2, 0).clamp(0, 1))
+        out.append(bicubic_resize(lr.permute(2, 0, 1)[None], (hr_h, hr_w))[0].permute(1, 2, 0))
     return out
 
 

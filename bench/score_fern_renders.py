@@ -22,7 +22,8 @@ import torch
 import tyro
 from fern_sr_diagnose import DiagnoseConfig, load_views, score  # same folder (bench/)
 
-from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, try_build_lpips
+from vsdsr_nerfstudio.data.images import load_rgb_uint8
+from vsdsr_nerfstudio.metrics.lpips import try_build_lpips
 
 
 @dataclass

@@ -37,8 +37,10 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
+from vsdsr_nerfstudio.data.images import list_images, load_rgb_uint8, save_rgb
+from vsdsr_nerfstudio.metrics.lpips import try_build_lpips
+from vsdsr_nerfstudio.metrics.psnr import psnr
 from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
-from vsdsr_nerfstudio.tools.train_prior import list_images, load_rgb_uint8, psnr, save_rgb, try_build_lpips
 
 SUBSETS = ("set5", "set14", "bsd100")
 """Test subsets, by file-name prefix."""
@@ -100,11 +102,7 @@ def rgb_to_y(image: Float[Tensor, "3 H W"]) -> Float[Tensor, "H W"]:
 
 def psnr_y(a: Float[Tensor, "3 H W"], b: Float[Tensor, "3 H W"], border: int = 4) -> float:
     """PSNR of the Y channels (peak 255), ``border`` pixels removed."""
-    ya, yb = rgb_to_y(a), rgb_to_y(b)
-    if border:
-        ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
-    mse = float((ya - yb).pow(2).mean())
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return float(psnr(rgb_to_y(a), rgb_to_y(b), border=border, data_range=255.0))
 
 
 def ssim_y(a: Float[Tensor, "3 H W"], b: Float[Tensor, "3 H W"], border: int = 4) -> float:
@@ -156,7 +154,8 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
     """Run the evaluation; returns the JSON-ready result (also printed as a markdown table)."""
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale, ddim_upscale, mod_crop
+    from vsdsr_nerfstudio.data.resample import area_downsample, bicubic_upscale, mod_crop
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
 
     device = torch.device(
         "cuda"
@@ -177,7 +176,7 @@ def evaluate(cfg: EvalConfig) -> Dict[str, Any]:
 
     files: List[Tuple[str, Path]] = []
     for subset in cfg.subsets:
-        paths = [p for p in list_images(cfg.data) if p.name.startswith(subset + "_")]
+        paths = [p for p in list_images(cfg.data, recursive=True) if p.name.startswith(subset + "_")]
         if cfg.limit > 0:
             paths = paths[: cfg.limit]
         files += [(subset, p) for p in paths]

@@ -21,14 +21,14 @@ from vsdsr_nerfstudio.sr.core.stage import (
     pixel_prior_stage_settings,
     pixel_prior_vsd_problem,
 )
-from vsdsr_nerfstudio.sr.priors.config import PIXEL_PRIOR_CONFIG_NAME, SRPriorConfig, uses_pixel_prior
+from vsdsr_nerfstudio.sr.priors.config import PIXEL_PRIOR_CONFIG_NAME, SRPriorConfig
 
 
 def test_preset_uses_the_embedded_prior_with_the_measured_vsd_settings():
     config = vsd_sr_embedded_config()
     default = vsd_sr_config()
     assert config.method_name == "vsd-sr-embedded"
-    assert config.pipeline.prior.prior == "embedded" and uses_pixel_prior(config.pipeline.prior)
+    assert config.pipeline.prior.prior == "embedded" and config.pipeline.prior.pixel_space
     stage = config.pipeline.stage
     assert stage.guidance == "vsd"
     assert stage.latent_lr == PIXEL_PRIOR_VSD_LATENT_LR == 1e-3
@@ -81,11 +81,11 @@ def test_threshold_is_inclusive_and_settings_fix_the_problem():
 
 
 def test_pixel_prior_detected_from_a_model_path_folder(tmp_path):
-    assert not uses_pixel_prior(SRPriorConfig(model_path=str(tmp_path)))
+    assert not SRPriorConfig(model_path=str(tmp_path)).pixel_space
     (tmp_path / PIXEL_PRIOR_CONFIG_NAME).write_text("{}")
-    assert uses_pixel_prior(SRPriorConfig(model_path=str(tmp_path)))
-    assert uses_pixel_prior(SRPriorConfig(prior="pixel-tiny"))
-    assert not uses_pixel_prior(SRPriorConfig(prior="tiny"))
+    assert SRPriorConfig(model_path=str(tmp_path)).pixel_space
+    assert SRPriorConfig(prior="pixel-tiny").pixel_space
+    assert not SRPriorConfig(prior="tiny").pixel_space
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vsdsr_nerfstudio" / "assets" / "embedded_prior"
@@ -100,8 +100,9 @@ def test_on_a_fern_crop_sd_settings_drift_and_the_preset_settings_keep_the_lr_ph
     ``pixel_prior_stage_settings`` it stays consistent with it (GPU numbers at full size: docs/embedded_prior.md)."""
     import torch
 
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, psnr
+    from vsdsr_nerfstudio.data.images import load_rgb_uint8
+    from vsdsr_nerfstudio.data.resample import area_downsample, bicubic_upscale
+    from vsdsr_nerfstudio.metrics.psnr import psnr
 
     torch.manual_seed(0)
     image = load_rgb_uint8(sorted(FERN_LR.glob("*.png"))[8]).float() / 255.0

@@ -77,8 +77,13 @@ def test_missing_local_prior_folder_fails_before_training(tmp_path):
 
     with pytest.raises(PriorLoadError, match="model-path"):
         check_prior_source(SRPriorConfig(model_path=str(tmp_path / "no-such-folder")))
-    check_prior_source(SRPriorConfig(model_path=str(tmp_path)))  # exists: fine (loading is checked later)
-    assert check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder"))) is None
+    # an existing, complete folder: fine (an incomplete one is refused at start too: tests/test_prior_registry.py)
+    from vsdsr_nerfstudio.sr.priors.sd_upscaler import save_tiny_prior
+
+    assert check_prior_source(SRPriorConfig(model_path=str(save_tiny_prior(tmp_path / "tiny")))) is None
+    # issue #11: an option the chosen prior does not use is an error at start (it used to be ignored silently)
+    with pytest.raises(ValueError, match="model-path"):
+        check_prior_source(SRPriorConfig(prior="tiny", model_path=str(tmp_path / "no-such-folder")))
 
 
 def test_uncached_hub_prior_fails_early_when_offline_and_warns_when_online(tmp_path, monkeypatch):

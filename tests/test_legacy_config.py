@@ -21,6 +21,7 @@ from vsdsr_nerfstudio.compat.legacy_paths import LEGACY_MODULES, LegacyModule
 from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipelineConfig
 from vsdsr_nerfstudio.sr.core.lora import CameraLoRAConfig
 from vsdsr_nerfstudio.sr.core.stage import SRStage, SRStageConfig
+from vsdsr_nerfstudio.sr.priors.config import PriorFactory
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_vsd_sr_tiny_config.yml"
 
@@ -50,6 +51,9 @@ def test_legacy_config_loads_into_the_moved_classes_with_lora_fields_migrated():
     assert lora.persist is (flat["lora_persist"] == "true")
     assert lora.targets == ("to_q", "to_k", "to_v", "to_out.0")
     assert pipeline.stage._target is SRStage  # the old lazy factory `_build_stage` maps to the stage class
+    assert pipeline.prior._target is PriorFactory  # the old `LazySDUpscalerPrior` maps to the registry's factory
+    prior = pipeline.prior.setup(device="cpu")  # the tiny prior of the old config builds through the registry
+    assert prior.max_noise_level > 0
 
 
 def test_every_legacy_module_forwards_to_an_existing_module():

@@ -29,8 +29,12 @@ def written_options() -> Dict[str, Set[str]]:
         path = ROOT / source
         files = [path] if path.is_file() else [*path.rglob("*.py"), *path.rglob("*.md"), *path.rglob("*.sh")]
         for file in files:
-            for match in OPTION.finditer(file.read_text(errors="replace")):
-                option = "--pipeline" + match.group(1).rstrip(".") + (match.group(2) or "")
+            text = file.read_text(errors="replace")
+            for match in OPTION.finditer(text):
+                # a dot right after the path is a sentence's full stop or a prefix constant ("--pipeline.prior."):
+                # check it as a prefix, which still fails for a wrong path
+                dot = match.group(2) is None and text[match.end() : match.end() + 1] == "."
+                option = "--pipeline" + match.group(1) + (match.group(2) or (".*" if dot else ""))
                 found.setdefault(option, set()).add(str(file.relative_to(ROOT)))
     return found
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import vsdsr_nerfstudio
-from vsdsr_nerfstudio.sr.priors.config import EMBEDDED_PRIOR_DIR, PIXEL_PRIOR_CONFIG_NAME
-from vsdsr_nerfstudio.tools.train_prior import DEFAULT_LPIPS_WEIGHTS
+from vsdsr_nerfstudio.metrics.lpips import DEFAULT_LPIPS_WEIGHTS
+from vsdsr_nerfstudio.sr.priors.loading import EMBEDDED_PRIOR_DIR, PIXEL_PRIOR_CONFIG_NAME
 
 PACKAGE = Path(vsdsr_nerfstudio.__file__).resolve().parent
 

@@ -48,7 +48,7 @@ def prior():
 
 def _flat_images(folder: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
     """``n`` flat-colour ``size``x``size`` PNGs: the prior learns 'the HR image is the LR colour'."""
-    from vsdsr_nerfstudio.tools.train_prior import save_rgb
+    from vsdsr_nerfstudio.data.images import save_rgb
 
     g = torch.Generator().manual_seed(seed)
     for i in range(n):
@@ -399,8 +399,8 @@ def test_stage_optimiser_with_the_pixel_prior(trained, guidance):
 
 
 def test_ddim_upscale_tiling_and_cli(prior, tmp_path):
+    from vsdsr_nerfstudio.data.images import load_rgb_uint8, save_rgb
     from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_timesteps, ddim_upscale
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, save_rgb
     from vsdsr_nerfstudio.tools.upscale import UpscaleConfig, upscale
 
     assert ddim_timesteps(1000, 4) == [999, 749, 499, 249] and ddim_timesteps(1000, 1) == [999]
@@ -436,9 +436,9 @@ def test_shipped_embedded_prior_beats_bicubic_in_lpips_on_held_out_photos():
     """The shipped weights are a trained prior, not noise: on centre crops of three held-out photos (never trained
     on), DDIM samples from x4 area-downsampled inputs are perceptually closer to the originals than bicubic
     (on the whole test set: LPIPS 0.339 vs 0.497, docs/benchmarks.md)."""
+    from vsdsr_nerfstudio.data.images import load_rgb_uint8
     from vsdsr_nerfstudio.metrics.lpips import build_lpips
     from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8
 
     torch.manual_seed(0)
     prior = SRPriorConfig(prior="embedded").setup(device="cpu")

@@ -304,21 +304,18 @@ def test_tile_layout():
 
 def test_prior_tiles_large_inputs(prior):
     """With a tile smaller than the latent, the prior's encode/decode go through the tiles."""
-    import dataclasses
-
     from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode
 
-    cfg = dataclasses.replace(prior.config, vae_tile_size=8, vae_tile_overlap=4)
-    old = prior.config
+    old = prior.vae_tile_size, prior.vae_tile_overlap
     try:
-        prior.config = cfg
+        prior.vae_tile_size, prior.vae_tile_overlap = 8, 4
         z = torch.randn(1, 4, 16, 12, generator=torch.Generator().manual_seed(0))
         x = prior.decode(z)
         expected = ((tiled_decode(prior.vae, z / prior.scaling_factor, 8, 4) + 1) / 2).clamp(0, 1)
         torch.testing.assert_close(x, expected, rtol=0, atol=0)
         assert prior.encode(x).shape == (1, 4, 16, 12)
     finally:
-        prior.config = old
+        prior.vae_tile_size, prior.vae_tile_overlap = old
 
 
 # ---- text --------------------------------------------------------------------------------------------------

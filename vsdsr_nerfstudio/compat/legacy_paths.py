@@ -52,6 +52,8 @@ LEGACY_MODULES: Dict[str, str] = {
 LEGACY_ATTRIBUTES: Dict[Tuple[str, str], Tuple[str, str]] = {
     # the stage config's lazy factory; the config now names the stage class itself (same call signature)
     ("vsdsr_nerfstudio.sr.stage_config", "_build_stage"): ("vsdsr_nerfstudio.sr.core.stage", "SRStage"),
+    # the prior config's lazy factory; one registry (``PRIOR_KINDS``) now dispatches, whatever ``_target`` holds
+    ("vsdsr_nerfstudio.sr.prior_config", "LazySDUpscalerPrior"): ("vsdsr_nerfstudio.sr.priors.config", "PriorFactory"),
 }
 """(old module, old name) -> (new module, new name) for names that no longer exist under the same name."""
 

@@ -87,12 +87,27 @@ def folder_factor(name: str) -> Optional[int]:
     return factor if factor >= 1 else None
 
 
-def list_images(folder: Path) -> List[Path]:
-    """Image files of ``folder`` (extensions in :data:`IMAGE_EXTENSIONS`, hidden files skipped), sorted by name."""
-    return sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-        key=lambda p: p.name,
+def list_images(folder: Path, recursive: bool = False) -> List[Path]:
+    """Image files of ``folder`` (extensions in :data:`IMAGE_EXTENSIONS`, hidden files skipped), sorted by name.
+    The one listing rule of the package (data parser, prior trainer, bench scripts). ``recursive``: also in
+    subfolders (hidden ones skipped), sorted by path relative to ``folder``; a missing folder raises
+    ``FileNotFoundError`` naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
+    if not recursive:
+        return sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )
+    found = (
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def find_image_folders(root: Path) -> Dict[int, Path]:

@@ -176,3 +176,36 @@ def build_lpips(weights: Optional[Union[str, Path]] = None) -> Optional["Learned
             soft_wrap=True,
         )
         return None
+
+
+DEFAULT_LPIPS_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "metrics" / "lpips_alex_features.npz"
+"""LPIPS-alex weights used by :func:`try_build_lpips` when none are given and this file exists (the workspace's shared
+copy beside the checkout, offline)."""
+
+
+def try_build_lpips(weights: Optional[Union[str, Path]] = None):
+    """``(a, b) -> mean LPIPS`` of images in [0, 1] via :func:`build_lpips` (``weights``, else
+    :data:`DEFAULT_LPIPS_WEIGHTS` if present, else torchmetrics' default download); ``None`` if it cannot be built
+    (the caller skips LPIPS; the reason is printed)."""
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    if weights is None and DEFAULT_LPIPS_WEIGHTS.is_file():
+        weights = DEFAULT_LPIPS_WEIGHTS
+    try:
+        metric = build_lpips(weights)
+    except Exception as err:  # noqa: BLE001 - optional metric
+        CONSOLE.print(f"[yellow]LPIPS unavailable: {type(err).__name__}: {err}")
+        return None
+    if metric is None:
+        return None
+
+    def compute(a: torch.Tensor, b: torch.Tensor) -> float:
+        nonlocal metric
+        metric = metric.to(a.device)
+        with torch.no_grad():
+            value = metric(a.clamp(0, 1).float(), b.clamp(0, 1).float())
+        if hasattr(metric, "reset"):
+            metric.reset()
+        return float(value)
+
+    return compute

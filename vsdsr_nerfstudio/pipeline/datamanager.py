@@ -27,6 +27,8 @@ from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from vsdsr_nerfstudio.data.resample import bicubic_upsample_hwc
+
 
 class DataScaleError(ValueError):
     """The data's HR/LR scale does not match the configured super-resolution scale."""
@@ -121,7 +123,7 @@ class HRBufferMixin:
     def hr_images(self) -> Float[Tensor, "N H W 3"]:
         """The HR training images as float in [0, 1] (CPU). Before the first write: bicubic x sr_scale of LR."""
         if self._hr is None:
-            return _bicubic_upsample(self._lr_images, self.config.sr_scale)
+            return bicubic_upsample_hwc(self._lr_images, self.config.sr_scale)
         return _to_float(self._hr).cpu()
 
     # ------------------------------------------------------------------------------------------- writes
@@ -146,7 +148,7 @@ class HRBufferMixin:
             f"[bold]Switching training to {w}x{h} (x{self.config.sr_scale}):[/bold] HR buffer "
             f"{num_bytes / 2**20:.0f} MiB {self.config.hr_buffer_dtype} on {buffer_device}."
         )
-        self._hr = _from_float(_bicubic_upsample(self._lr_images, self.config.sr_scale), dtype).to(buffer_device)
+        self._hr = _from_float(bicubic_upsample_hwc(self._lr_images, self.config.sr_scale), dtype).to(buffer_device)
         self._written = torch.zeros(n, dtype=torch.bool)
         self._on_switch_to_hr()
 
@@ -232,12 +234,6 @@ class SRDataManager(HRBufferMixin, VanillaDataManager):
         batch["indices"] = ray_indices
         ray_bundle = self.train_ray_generator(ray_indices)
         return ray_bundle, batch
-
-
-def _bicubic_upsample(images: Float[Tensor, "N h w 3"], scale: int) -> Float[Tensor, "N H W 3"]:
-    chw = images.permute(0, 3, 1, 2)
-    up = torch.nn.functional.interpolate(chw, scale_factor=scale, mode="bicubic", align_corners=False)
-    return up.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
 def _from_float(images: Float[Tensor, "*B 3"], dtype: torch.dtype) -> Tensor:

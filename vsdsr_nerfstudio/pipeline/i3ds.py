@@ -57,7 +57,7 @@ from vsdsr_nerfstudio.pipeline.state import (
     save_stage_state,
 )
 from vsdsr_nerfstudio.sr.core.stage import SRStageConfig, pixel_prior_vsd_problem
-from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, check_prior_source, uses_pixel_prior
+from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, check_prior_source
 
 OOM_FIELDS = (
     "--pipeline.stage.batch-size, --pipeline.stage.patch-size, --pipeline.prior.vae-tile-size and "
@@ -103,7 +103,7 @@ def warn_unstable_stage_settings(config: "I3DSPipelineConfig") -> Optional[str]:
     """Warn (once, at setup) when the stage settings are known to wreck the views with this prior; returns the
     message, or None. The run goes on: the settings may be deliberate (an ablation)."""
     problem = None
-    if config.sr_enabled and uses_pixel_prior(config.prior):
+    if config.sr_enabled and config.prior.pixel_space:
         problem = pixel_prior_vsd_problem(config.stage)
     if problem:
         CONSOLE.print(f"[bold yellow]Warning:[/bold yellow] {problem}")
@@ -302,7 +302,8 @@ class I3DSPipeline(VanillaPipeline):
                 f"{c.pretrain_steps + c.num_cycles * c.sync_steps} for all of them.[/yellow]"
             )
         if c.sr_enabled and self.sr.stage_steps:
-            # a missing local prior folder, or uncached weights with downloads off, fail now, not after P steps
+            # an unused prior option, a missing or incomplete local prior folder, or uncached weights with downloads
+            # off fail now, not after P steps
             note = check_prior_source(c.prior)
             if note:
                 CONSOLE.print(f"[bold yellow]Warning:[/bold yellow] {note}")
@@ -353,7 +354,7 @@ class I3DSPipeline(VanillaPipeline):
         if self.sr.prior is None:
             from vsdsr_nerfstudio.sr.core.stage import SRStage
 
-            CONSOLE.print(f"Loading the diffusion prior ({self.config.prior.prior}: {self.config.prior.model_path})...")
+            CONSOLE.print(f"Loading the diffusion prior ({self.config.prior.kind().describe()})...")
             prompt = self.config.scene_prompt
             if prompt is None:
                 prompt = Path(self.datamanager.dataparser.config.data).name

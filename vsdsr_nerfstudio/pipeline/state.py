@@ -14,13 +14,13 @@ redone on resume. Files hold only tensors, numbers and strings, so they load wit
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
+
+from vsdsr_nerfstudio.data.files import atomic_write
 
 SR_STATE_DIR = "sr_state"
 LATEST = "LATEST"
@@ -31,19 +31,7 @@ def stage_file_name(cycle: int) -> str:
     return f"stage_{cycle:03d}.pt"
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_atomic_write = atomic_write  # the one atomic-write helper (fsync + rename), data/files.py
 
 
 def save_stage_state(run_dir: Path, cycle: int, state: Dict[str, Any]) -> Path:

@@ -52,13 +52,16 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from jaxtyping import Float, UInt8  # noqa: E402
+from jaxtyping import Float  # noqa: E402
 from nerfstudio.utils.rich_utils import CONSOLE  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-"""File extensions (case-insensitive) that count as images."""
+from vsdsr_nerfstudio.data.files import atomic_torch_save, atomic_write_text, replace_dir  # noqa: E402
+from vsdsr_nerfstudio.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_rgb_uint8  # noqa: E402
+from vsdsr_nerfstudio.data.resample import area_downsample, bicubic_upscale  # noqa: E402
+from vsdsr_nerfstudio.metrics.lpips import try_build_lpips  # noqa: E402
+from vsdsr_nerfstudio.metrics.psnr import psnr  # noqa: E402
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """Training state inside the output folder."""
@@ -73,7 +76,8 @@ class PriorTrainConfig:
     """Training of the pixel-space x4 prior (``vsdsr-train-prior``)."""
 
     images: Path
-    """Folder of training photos (searched recursively for png/jpg/jpeg/bmp/tif/webp)."""
+    """Folder of training photos (searched recursively for png/jpg/jpeg, as the data parser; hidden files skipped).
+    Photos smaller than ``crop_size`` on their short side are refused (see ``enlarge_small_images``)."""
     output: Path
     """Output folder: checkpoint.pt, model/ (the exported prior), train_log.csv, val_log.{jsonl,csv}."""
     val_images: Optional[Path] = None
@@ -103,6 +107,9 @@ class PriorTrainConfig:
     # -- data ----------------------------------------------------------------------------------------------------
     crop_size: int = 256
     """Side of the random HR training crops (LR crops are a quarter of it); a multiple of 16."""
+    enlarge_small_images: bool = False
+    """Use photos smaller than ``crop_size`` anyway, enlarged by bicubic (their "HR" crops then hold no real
+    detail); off: such photos are refused at start, named."""
     batch_size: int = 128
     """Crops per optimiser step (H100, bf16: 128 -> 66 ms/step, 1940 crops/s, 10.8 GB; 64 -> 45 ms, 1410 crops/s:
     smaller batches are launch-bound)."""
@@ -192,37 +199,6 @@ class PriorTrainConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def list_images(folder: Path) -> List[Path]:
-    """Image files under ``folder`` (recursive), sorted."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def load_rgb_uint8(path: Path, min_side: int = 0) -> UInt8[Tensor, "3 H W"]:
-    """An image file as a ``(3, H, W)`` uint8 tensor (RGB); upscaled (bicubic) so its short side is at least
-    ``min_side``."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if min_side and min(im.size) < min_side:
-            s = min_side / min(im.size)
-            im = im.resize((max(min_side, round(im.size[0] * s)), max(min_side, round(im.size[1] * s))), Image.BICUBIC)
-        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        return data.view(im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()
-
-
-def save_rgb(image: Float[Tensor, "3 H W"], path: Path) -> None:
-    """Save an image in [0, 1] as an 8-bit file (format from the extension)."""
-    from PIL import Image
-
-    arr = (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
 class _FileDataset(Dataset):
     """Decodes image files (for the parallel RAM cache)."""
 
@@ -307,7 +283,9 @@ class CropDataset(Dataset):
 
     def _image(self, index: int) -> Tensor:
         item = self.images[index]
-        return item if isinstance(item, Tensor) else load_rgb_uint8(item, self.cfg.crop_size)
+        if isinstance(item, Tensor):
+            return item
+        return load_rgb_uint8(item, self.cfg.crop_size if self.cfg.enlarge_small_images else 0)
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         c = self.cfg.crop_size
@@ -332,54 +310,6 @@ def _default_workers(requested: int) -> int:
     if requested >= 0:
         return requested
     return max(0, min(12, (os.cpu_count() or 1) - 2))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics (shared with bench/sr_prior_eval.py)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def psnr(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"], border: int = 0) -> Float[Tensor, " B"]:
-    """PSNR (dB) per image of images in [0, 1], ``border`` pixels removed on every side."""
-    if border > 0:
-        a = a[..., border:-border, border:-border]
-        b = b[..., border:-border, border:-border]
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return (10.0 * torch.log10(1.0 / mse.clamp(min=1e-20))).float()
-
-
-DEFAULT_LPIPS_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "metrics" / "lpips_alex_features.npz"
-"""LPIPS-alex weights used when none are given and this file exists (the workspace's shared copy, offline)."""
-
-
-def try_build_lpips(weights: Optional[Path] = None) -> Optional[Callable[[Tensor, Tensor], float]]:
-    """``(a, b) -> mean LPIPS`` of images in [0, 1] via ``vsdsr_nerfstudio.metrics.lpips.build_lpips`` if that
-    module exists and builds (``weights``, else :data:`DEFAULT_LPIPS_WEIGHTS` if present, else torchmetrics'
-    default download); ``None`` otherwise (the caller skips LPIPS)."""
-    if weights is None and DEFAULT_LPIPS_WEIGHTS.is_file():
-        weights = DEFAULT_LPIPS_WEIGHTS
-    try:
-        from vsdsr_nerfstudio.metrics.lpips import build_lpips  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        metric = build_lpips(weights)
-    except Exception as err:  # noqa: BLE001 - optional metric
-        CONSOLE.print(f"[yellow]LPIPS unavailable: {type(err).__name__}: {err}")
-        return None
-    if metric is None:
-        return None
-
-    def compute(a: Tensor, b: Tensor) -> float:
-        nonlocal metric
-        metric = metric.to(a.device)
-        with torch.no_grad():
-            value = metric(a.clamp(0, 1).float(), b.clamp(0, 1).float())
-        if hasattr(metric, "reset"):
-            metric.reset()
-        return float(value)
-
-    return compute
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -413,28 +343,6 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing an older one (old moved aside, then deleted)."""
-    old = final.with_name(final.name + f".old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def sample_noise_levels(batch: int, cfg: PriorTrainConfig, generator: Optional[torch.Generator] = None) -> Tensor:
     """LR noise levels of a batch (CPU long): ``U{0..low_max}`` with probability ``low_prob``, else
     ``U{0..max}``."""
@@ -448,10 +356,9 @@ class _Validator:
     """Fixed validation crops, the bicubic baseline, and DDIM samples of the EMA model."""
 
     def __init__(self, cfg: PriorTrainConfig, device: torch.device, multiple: int) -> None:
-        from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample, bicubic_upscale
 
         assert cfg.val_images is not None
-        paths = list_images(cfg.val_images)[: cfg.val_count]
+        paths = list_images(Path(cfg.val_images).expanduser(), recursive=True)[: cfg.val_count]
         if not paths:
             raise FileNotFoundError(f"no images in {str(cfg.val_images)!r}")
         self.cfg = cfg
@@ -538,7 +445,7 @@ def _warm_start(cfg: PriorTrainConfig, unet: torch.nn.Module, ema: torch.nn.Modu
 
 
 def _write_val_logs(output: Path, history: List[Dict[str, Any]]) -> None:
-    _atomic_write_text(output / "val_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(output / "val_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     keys: List[str] = []
     for r in history:
         keys += [k for k in r if k not in keys]
@@ -547,31 +454,143 @@ def _write_val_logs(output: Path, history: List[Dict[str, Any]]) -> None:
     writer.writeheader()
     for r in history:
         writer.writerow(r)
-    _atomic_write_text(output / "val_log.csv", buf.getvalue())
+    atomic_write_text(output / "val_log.csv", buf.getvalue())
 
 
 def _config_dict(cfg: PriorTrainConfig) -> Dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
-def train(cfg: PriorTrainConfig) -> TrainResult:
-    """Run (or continue) a training run; see the module docstring. Returns a :class:`TrainResult`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+@dataclass
+class TrainState:
+    """What a run changes as it goes: the weights, the optimiser, the counters (all saved in the checkpoint) and
+    the measured durations of a save and a validation (the loop keeps time for them before the deadline)."""
 
-    from vsdsr_nerfstudio.sr.core.objectives import schedule_coefficients
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import (
-        PIXEL_UNET_PRESETS,
-        PixelSpacePrior,
-        _make_schedulers,
-        build_pixel_unet,
-        pixel_encode,
-        save_pixel_prior,
-    )
+    unet: torch.nn.Module
+    """The trained UNet (fp32 master weights)."""
+    ema: torch.nn.Module
+    """EMA of the weights (what gets exported and validated)."""
+    optimizer: torch.optim.Optimizer
+    """AdamW over ``unet``."""
+    step: int = 0
+    """Optimiser steps so far (across resumed runs)."""
+    samples_seen: int = 0
+    """HR crops seen so far."""
+    train_seconds: float = 0.0
+    """Training wall time so far (excluding validation and saving)."""
+    warmup_start: int = 0
+    """Step the learning-rate warm-up counts from (0, or the step of a warm start)."""
+    val_history: List[Dict[str, Any]] = field(default_factory=list)
+    """Every validation record."""
+    save_seconds: float = 20.0
+    """Duration of the last save (a guess until measured)."""
+    val_seconds: float = 30.0
+    """Duration of the last validation (a guess until measured)."""
 
-    t_start = time.monotonic()
-    deadline = _PROCESS_T0 + cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
-    output = Path(cfg.output).expanduser()
-    output.mkdir(parents=True, exist_ok=True)
+
+@dataclass
+class TrainRun:
+    """The fixed parts of a run."""
+
+    cfg: PriorTrainConfig
+    """The configuration (preset resolved from a checkpoint or ``--init-from``)."""
+    device: torch.device
+    """Where the UNet trains."""
+    output: Path
+    """The output folder."""
+    paths: List[Path]
+    """The training images."""
+    scheduler: Any
+    """Training-schedule ``DDPMScheduler``."""
+    low_res_scheduler: Any
+    """LR-noising ``DDPMScheduler``."""
+    deadline: float
+    """``time.monotonic()`` by which the process must have saved (``inf``: no budget)."""
+    validator: Optional["_Validator"] = None
+    """Validation crops and the bicubic baseline, if ``val_images``."""
+    val_prior: Any = None
+    """A ``PixelSpacePrior`` around the live EMA weights, for validation."""
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.output / CHECKPOINT_NAME
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA with ``mixed_precision``, else nothing."""
+        if self.device.type == "cuda" and self.cfg.mixed_precision:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def training_loss(
+    forward: Callable[..., Any],
+    hr: Float[Tensor, "B 3 H W"],
+    lr: Float[Tensor, "B 3 h w"],
+    levels: Tensor,
+    scheduler: Any,
+    low_res_scheduler: Any,
+    generator: torch.Generator,
+    autocast: contextlib.AbstractContextManager,
+    channels_last: bool = False,
+) -> Tensor:
+    """The denoiser's training loss on a batch, built from ``sr/core/objectives`` and the priors' shared LR noising:
+    ``t ~ U{0..T-1}``, ``z_t = q_sample(pixel_encode(hr))``, the LR conditioning noised at ``levels``
+    (``noise_lr_images``), MSE to ``training_target`` (v for this schedule)."""
+    from vsdsr_nerfstudio.sr.core.objectives import q_sample, schedule_coefficients, training_target
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import MAX_NOISE_LEVEL, pixel_encode
+    from vsdsr_nerfstudio.sr.priors.utils import noise_lr_images
+
+    device = hr.device
+    alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
+    z0 = pixel_encode(hr)
+    t = torch.randint(0, int(alphas_cumprod.shape[0]), (z0.shape[0],), device=device, generator=generator)
+    eps = torch.randn(z0.shape, device=device, generator=generator)
+    a_t, s_t = schedule_coefficients(alphas_cumprod, t)
+    z_t = q_sample(z0, eps, a_t, s_t)
+    target = training_target(z0, eps, a_t, s_t, scheduler.config.prediction_type)
+    low_res_ac = low_res_scheduler.alphas_cumprod.to(device, torch.float32)
+    y = noise_lr_images(lr, levels, low_res_ac, MAX_NOISE_LEVEL, generator)
+    x = torch.cat([z_t, y], dim=1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        pred = forward(x, t, encoder_hidden_states=None, class_labels=levels, return_dict=False)[0]
+    return F.mse_loss(pred.float(), target)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Start: inputs, checkpoint, state
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_training_images(cfg: PriorTrainConfig) -> List[Path]:
+    """The training images, checked before anything is written: the folder must hold images; images smaller than
+    the HR crop are refused (named, with the minimum size) unless ``enlarge_small_images``."""
+    paths = list_images(Path(cfg.images).expanduser(), recursive=True)
+    if not paths:
+        raise FileNotFoundError(
+            f"no images in {str(cfg.images)!r} (searched recursively for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    small = []
+    for p in paths:
+        w, h = image_size(p)
+        if min(w, h) < cfg.crop_size:
+            small.append((p, w, h))
+    if small and not cfg.enlarge_small_images:
+        shown = ", ".join(f"{p.name} ({w}x{h})" for p, w, h in small[:5]) + (", ..." if len(small) > 5 else "")
+        raise ValueError(
+            f"{len(small)} of {len(paths)} training images in {str(cfg.images)!r} are smaller than the "
+            f"{cfg.crop_size}x{cfg.crop_size} HR crop (minimum size {cfg.crop_size} px on the short side): {shown}. "
+            "They would be enlarged by bicubic and used as HR targets with no real detail. Remove them, lower "
+            "--crop-size, or pass --enlarge-small-images to use them anyway."
+        )
+    if small:
+        CONSOLE.print(f"[yellow]{len(small)} training images are enlarged (bicubic) to the {cfg.crop_size} px crop.")
+    return paths
+
+
+def _read_checkpoint(cfg: PriorTrainConfig, output: Path) -> Tuple[PriorTrainConfig, Optional[Dict[str, Any]]]:
+    """The checkpoint to resume (None for a new run) and the config with the preset it (or ``--init-from``) holds."""
     ckpt_path = output / CHECKPOINT_NAME
     state: Optional[Dict[str, Any]] = None
     if ckpt_path.exists():
@@ -588,69 +607,58 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
     elif cfg.resume:
         CONSOLE.print(f"No checkpoint in {str(output)!r}: starting a new run.")
     if state is None and cfg.init_from is not None:
-        init_meta = json.loads((Path(cfg.init_from).expanduser() / "pixel_prior.json").read_text())
+        from vsdsr_nerfstudio.sr.priors.loading import check_pixel_folder
+
+        folder = check_pixel_folder(cfg.init_from)
+        init_meta = json.loads((folder / "pixel_prior.json").read_text())
         if init_meta.get("preset", cfg.preset) != cfg.preset:
             CONSOLE.print(
                 f"[yellow]--init-from holds a {init_meta['preset']!r} prior (ignoring --preset {cfg.preset})."
             )
             cfg = replace(cfg, preset=init_meta["preset"])
+    return cfg, state
 
-    device = _resolve_device(cfg.device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    multiple = 4 * 2 ** (len(PIXEL_UNET_PRESETS[cfg.preset]["block_out_channels"]) - 1)
-    if cfg.crop_size % multiple:
-        raise ValueError(f"crop_size {cfg.crop_size} must be a multiple of {multiple} for preset {cfg.preset!r}")
 
-    # -- model, EMA, optimiser -------------------------------------------------------------------------------------
+def _crop_multiple(preset: str) -> int:
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PIXEL_UNET_PRESETS
+
+    return 4 * 2 ** (len(PIXEL_UNET_PRESETS[preset]["block_out_channels"]) - 1)
+
+
+def _new_state(cfg: PriorTrainConfig, device: torch.device, blob: Optional[Dict[str, Any]]) -> TrainState:
+    """Fresh weights, or the checkpoint ``blob``'s, or a warm start from ``--init-from``."""
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import build_pixel_unet
+
     unet = build_pixel_unet(cfg.preset, cfg.seed, "cpu").to(device)
     unet.train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
     )
-    step, samples_seen, train_seconds = 0, 0, 0.0
-    val_history: List[Dict[str, Any]] = []
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, samples_seen = int(state["step"]), int(state["samples_seen"])
-        train_seconds = float(state.get("train_seconds", 0.0))
-        val_history = list(state.get("val_history", []))
+    state = TrainState(unet=unet, ema=ema, optimizer=optimizer)
+    if blob is not None:
+        unet.load_state_dict(blob["unet"])
+        ema.load_state_dict(blob["ema"])
+        optimizer.load_state_dict(blob["optimizer"])
+        state.step, state.samples_seen = int(blob["step"]), int(blob["samples_seen"])
+        state.train_seconds = float(blob.get("train_seconds", 0.0))
+        state.val_history = list(blob.get("val_history", []))
+        state.warmup_start = int(blob.get("warmup_start", 0))
         CONSOLE.print(
-            f"Resumed {str(ckpt_path)!r} at step {step} ({samples_seen} crops, "
-            f"{train_seconds / 60:.1f} min of training so far)."
+            f"Resumed at step {state.step} ({state.samples_seen} crops, "
+            f"{state.train_seconds / 60:.1f} min of training so far)."
         )
-    warmup_start = int(state.get("warmup_start", 0)) if state is not None else 0
-    if state is None and cfg.init_from is not None:
-        step, samples_seen, train_seconds = _warm_start(cfg, unet, ema)
-        warmup_start = step
-    start_step = step
-    if cuda and cfg.channels_last:
-        unet.to(memory_format=torch.channels_last)
-    forward_unet = torch.compile(unet) if cfg.compile else unet
-    scheduler, low_res_scheduler = _make_schedulers()
-    alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
-    low_res_ac = low_res_scheduler.alphas_cumprod.to(device, torch.float32)
-    T = int(alphas_cumprod.shape[0])
-    n_params = sum(p.numel() for p in unet.parameters())
+    elif cfg.init_from is not None:
+        state.step, state.samples_seen, state.train_seconds = _warm_start(cfg, unet, ema)
+        state.warmup_start = state.step
+    return state
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if cuda and cfg.mixed_precision:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
-    # -- data ------------------------------------------------------------------------------------------------------
-    workers = _default_workers(cfg.num_workers)
-    paths = list_images(cfg.images)
-    if not paths:
-        raise FileNotFoundError(f"no images in {str(cfg.images)!r}")
+def _make_loader(cfg: PriorTrainConfig, paths: List[Path], workers: int, step: int, cuda: bool) -> DataLoader:
+    """Random crops of the (cached) images, with replacement, seeded by ``seed`` and ``step``."""
     t0 = time.monotonic()
-    images: Sequence[Any] = cache_images(paths, cfg.crop_size, workers) if cfg.cache_images else paths
+    min_side = cfg.crop_size if cfg.enlarge_small_images else 0
+    images: Sequence[Any] = cache_images(paths, min_side, workers) if cfg.cache_images else paths
     if cfg.cache_images:
         mb = sum(im.numel() for im in images) / 1e6  # type: ignore[union-attr]
         CONSOLE.print(
@@ -663,7 +671,7 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
         num_samples=10**9,
         generator=torch.Generator().manual_seed(cfg.seed * 7919 + step),
     )
-    loader = DataLoader(
+    return DataLoader(
         CropDataset(images, cfg),
         batch_size=cfg.batch_size,
         sampler=sampler,
@@ -673,241 +681,313 @@ def train(cfg: PriorTrainConfig) -> TrainResult:
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 31 + step + 1)
-    level_gen = torch.Generator().manual_seed(cfg.seed * 37 + step + 2)
 
-    validator = _Validator(cfg, device, multiple) if cfg.val_images is not None else None
-    val_prior = None
-    if validator is not None:
-        val_prior = PixelSpacePrior(
-            ema, scheduler, low_res_scheduler, device=device, dtype=torch.float32, source="EMA", freeze=True
-        )
 
-    # -- save / validate ------------------------------------------------------------------------------------------
-    save_seconds = [20.0]
-    val_seconds = [30.0]
+def start_run(cfg: PriorTrainConfig) -> Tuple[TrainRun, TrainState, DataLoader]:
+    """Everything before the first step. Inputs are checked before the output folder is created; a failure after
+    that removes the folder again if this call created it and it is still empty."""
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import PixelSpacePrior, _make_schedulers
 
-    def save(reason: str) -> None:
-        t = time.monotonic()
-        blob = {
-            "version": CHECKPOINT_VERSION,
-            "preset": cfg.preset,
-            "step": step,
-            "samples_seen": samples_seen,
-            "train_seconds": train_seconds,
-            "warmup_start": warmup_start,
-            "unet": {k: v.detach().cpu() for k, v in unet.state_dict().items()},
-            "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "val_history": val_history,
-            "config": _config_dict(cfg),
-        }
-        _atomic_torch_save(blob, ckpt_path)
-        tmp = output / f"{MODEL_DIR_NAME}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        last_val = val_history[-1] if val_history else None
-        meta = {
-            "preset": cfg.preset,
-            "terms": cfg.terms.replace("{images}", str(cfg.images)),
-            "training": {
-                "steps": step,
-                "samples_seen": samples_seen,
-                "train_minutes": round(train_seconds / 60.0, 2),
-                "images": str(cfg.images),
-                "num_images": len(paths),
-                "crop_size": cfg.crop_size,
-                "batch_size": cfg.batch_size,
-                "lr": cfg.lr,
-                "ema_decay": cfg.ema_decay,
-                "degrade": cfg.degrade,
-                "noise_level_max": cfg.noise_level_max,
-                "weights": "EMA",
-                "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-            "validation": last_val,
-        }
-        save_pixel_prior(tmp, ema, scheduler, low_res_scheduler, dtype=torch.float16, meta=meta)
-        _replace_dir(tmp, output / MODEL_DIR_NAME)
-        save_seconds[0] = time.monotonic() - t
-        CONSOLE.print(
-            f"Saved step {step} ({reason}) in {save_seconds[0]:.1f} s: {str(ckpt_path)!r}, "
-            f"{str(output / MODEL_DIR_NAME)!r}"
-        )
+    output = Path(cfg.output).expanduser()
+    cfg, blob = _read_checkpoint(cfg, output)
+    multiple = _crop_multiple(cfg.preset)
+    if cfg.crop_size % multiple:
+        raise ValueError(f"crop_size {cfg.crop_size} must be a multiple of {multiple} for preset {cfg.preset!r}")
+    paths = check_training_images(cfg)
+    if cfg.val_images is not None and not list_images(Path(cfg.val_images).expanduser(), recursive=True):
+        raise FileNotFoundError(f"no images in {str(cfg.val_images)!r} (--val-images)")
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        device = _resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        state = _new_state(cfg, device, blob)
+        deadline = _PROCESS_T0 + cfg.max_minutes * 60.0 if cfg.max_minutes > 0 else math.inf
+        scheduler, low_res = _make_schedulers()
+        run = TrainRun(cfg, device, output, paths, scheduler, low_res, deadline)
+        loader = _make_loader(cfg, paths, _default_workers(cfg.num_workers), state.step, device.type == "cuda")
+        if cfg.val_images is not None:
+            run.validator = _Validator(cfg, device, multiple)
+            run.val_prior = PixelSpacePrior(
+                state.ema, scheduler, low_res, device=device, dtype=torch.float32, source="EMA", freeze=True
+            )
+    except BaseException:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()
+        raise
+    return run, state, loader
 
-    def validate() -> None:
-        assert validator is not None and val_prior is not None
-        t = time.monotonic()
-        metrics = validator.run(val_prior, autocast())
-        val_seconds[0] = time.monotonic() - t
-        record: Dict[str, Any] = {
-            "step": step,
-            "samples_seen": samples_seen,
-            "train_minutes": round(train_seconds / 60.0, 3),
-            "ddim_steps": cfg.val_steps,
-            "noise_level": cfg.val_noise_level,
-            "psnr": round(metrics["psnr"], 4),
-            "psnr_bicubic": round(validator.baseline["psnr"], 4),
-        }
-        if "lpips" in metrics:
-            record["lpips"] = round(metrics["lpips"], 5)
-            record["lpips_bicubic"] = round(validator.baseline["lpips"], 5)
-        val_history.append(record)
-        _write_val_logs(output, val_history)
-        CONSOLE.print(
-            f"[bold]val[/bold] step {step}: PSNR {record['psnr']:.3f} dB (bicubic "
-            f"{record['psnr_bicubic']:.3f})"
-            + (f", LPIPS {record['lpips']:.4f} (bicubic {record['lpips_bicubic']:.4f})" if "lpips" in record else "")
-            + f" [{val_seconds[0]:.1f} s]"
-        )
 
-    # -- loop ------------------------------------------------------------------------------------------------------
-    log_path = output / "train_log.csv"
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
-    log_writer = csv.writer(log_file)
-    if new_log:
-        log_writer.writerow(["step", "samples_seen", "loss", "lr", "steps_per_s", "train_minutes"])
+# ----------------------------------------------------------------------------------------------------------------
+# Save, validate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _export_meta(run: TrainRun, state: TrainState) -> Dict[str, Any]:
+    cfg = run.cfg
+    return {
+        "preset": cfg.preset,
+        "terms": cfg.terms.replace("{images}", str(cfg.images)),
+        "training": {
+            "steps": state.step,
+            "samples_seen": state.samples_seen,
+            "train_minutes": round(state.train_seconds / 60.0, 2),
+            "images": str(cfg.images),
+            "num_images": len(run.paths),
+            "crop_size": cfg.crop_size,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "ema_decay": cfg.ema_decay,
+            "degrade": cfg.degrade,
+            "noise_level_max": cfg.noise_level_max,
+            "weights": "EMA",
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+        "validation": state.val_history[-1] if state.val_history else None,
+    }
+
+
+def save_run(run: TrainRun, state: TrainState, reason: str) -> None:
+    """Write ``checkpoint.pt`` (atomically) and export the EMA weights as ``model/`` (built beside it, swapped in);
+    records how long it took in ``state.save_seconds``."""
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import save_pixel_prior
+
+    t = time.monotonic()
+    blob = {
+        "version": CHECKPOINT_VERSION,
+        "preset": run.cfg.preset,
+        "step": state.step,
+        "samples_seen": state.samples_seen,
+        "train_seconds": state.train_seconds,
+        "warmup_start": state.warmup_start,
+        "unet": {k: v.detach().cpu() for k, v in state.unet.state_dict().items()},
+        "ema": {k: v.detach().cpu() for k, v in state.ema.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "val_history": state.val_history,
+        "config": _config_dict(run.cfg),
+    }
+    atomic_torch_save(blob, run.ckpt_path)
+    tmp = run.output / f"{MODEL_DIR_NAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pixel_prior(
+        tmp, state.ema, run.scheduler, run.low_res_scheduler, dtype=torch.float16, meta=_export_meta(run, state)
+    )
+    replace_dir(tmp, run.output / MODEL_DIR_NAME)
+    state.save_seconds = time.monotonic() - t
     CONSOLE.print(
-        f"Training the pixel prior ({cfg.preset}: {n_params / 1e6:.2f} M parameters) on {device} from "
-        f"step {step}: {len(paths)} images, batch {cfg.batch_size} x {cfg.crop_size}^2 HR crops, "
-        f"{workers} workers"
+        f"Saved step {state.step} ({reason}) in {state.save_seconds:.1f} s: {str(run.ckpt_path)!r}, "
+        f"{str(run.output / MODEL_DIR_NAME)!r}"
+    )
+
+
+def validate_run(run: TrainRun, state: TrainState) -> None:
+    """DDIM samples of the EMA weights vs bicubic on the validation crops; appended to ``state.val_history`` and
+    the val logs; records how long it took in ``state.val_seconds``."""
+    assert run.validator is not None and run.val_prior is not None
+    cfg, validator = run.cfg, run.validator
+    t = time.monotonic()
+    metrics = validator.run(run.val_prior, run.autocast())
+    state.val_seconds = time.monotonic() - t
+    record: Dict[str, Any] = {
+        "step": state.step,
+        "samples_seen": state.samples_seen,
+        "train_minutes": round(state.train_seconds / 60.0, 3),
+        "ddim_steps": cfg.val_steps,
+        "noise_level": cfg.val_noise_level,
+        "psnr": round(metrics["psnr"], 4),
+        "psnr_bicubic": round(validator.baseline["psnr"], 4),
+    }
+    if "lpips" in metrics:
+        record["lpips"] = round(metrics["lpips"], 5)
+        record["lpips_bicubic"] = round(validator.baseline["lpips"], 5)
+    state.val_history.append(record)
+    _write_val_logs(run.output, state.val_history)
+    CONSOLE.print(
+        f"[bold]val[/bold] step {state.step}: PSNR {record['psnr']:.3f} dB (bicubic {record['psnr_bicubic']:.3f})"
+        + (f", LPIPS {record['lpips']:.4f} (bicubic {record['lpips_bicubic']:.4f})" if "lpips" in record else "")
+        + f" [{state.val_seconds:.1f} s]"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoopClock:
+    """Timing of the loop: the step time (EMA), this run's training seconds, the last save and print."""
+
+    step_time: float = 0.0
+    run_seconds: float = 0.0
+    last_save: float = field(default_factory=time.monotonic)
+    last_print: float = field(default_factory=time.monotonic)
+
+
+def _optimizer_step(run: TrainRun, state: TrainState, forward: Any, batch: Dict[str, Tensor], gens: Tuple) -> float:
+    """One optimiser step (loss, backward, clip, AdamW, EMA); returns the loss."""
+    cfg, device = run.cfg, run.device
+    noise_gen, level_gen = gens
+    hr = batch["hr"].to(device, non_blocking=True).float() / 255.0
+    lr = batch["lr"].to(device, non_blocking=True).float()
+    levels = sample_noise_levels(hr.shape[0], cfg, level_gen).to(device)
+    for g in state.optimizer.param_groups:
+        g["lr"] = _lr_at(cfg, state.step, state.warmup_start)
+    channels_last = device.type == "cuda" and cfg.channels_last
+    loss = training_loss(
+        forward, hr, lr, levels, run.scheduler, run.low_res_scheduler, noise_gen, run.autocast(), channels_last
+    )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.unet.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    decay = min(cfg.ema_decay, (1 + state.step) / (10 + state.step))
+    with torch.no_grad():
+        ema_p = list(state.ema.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in state.unet.parameters()], 1.0 - decay)
+    return float(loss.detach())  # syncs: the step time is real
+
+
+def _log_row(writer: Any, cfg: PriorTrainConfig, state: TrainState, window: List[float], step_time: float) -> None:
+    writer.writerow(
+        [
+            state.step,
+            state.samples_seen,
+            f"{sum(window) / len(window):.6f}",
+            f"{_lr_at(cfg, state.step - 1, state.warmup_start):.3g}",
+            f"{1.0 / max(step_time, 1e-9):.2f}",
+            f"{state.train_seconds / 60:.3f}",
+        ]
+    )
+
+
+def _after_step(run: TrainRun, state: TrainState, clock: _LoopClock) -> None:
+    """Periodic validation (if it fits in the budget) and periodic saving."""
+    cfg = run.cfg
+    if run.validator is not None and cfg.val_every > 0 and state.step % cfg.val_every == 0:
+        if time.monotonic() + state.val_seconds * 1.5 + state.save_seconds * 1.5 + 10.0 < run.deadline:
+            validate_run(run, state)
+    if time.monotonic() - clock.last_save > cfg.save_every_minutes * 60.0:
+        save_run(run, state, "periodic")
+        clock.last_save = time.monotonic()
+
+
+def _loop(run: TrainRun, state: TrainState, loader: DataLoader, result: TrainResult, log: Any) -> Tuple[str, float]:
+    """Train until ``max_steps`` or the time budget; returns (stop reason, training seconds of this run)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg, clock, window = run.cfg, _LoopClock(), []
+    forward = torch.compile(state.unet) if cfg.compile else state.unet
+    gens = (
+        torch.Generator(device=run.device).manual_seed(cfg.seed * 31 + state.step + 1),
+        torch.Generator().manual_seed(cfg.seed * 37 + state.step + 2),
+    )
+    t_start = time.monotonic()
+    timed = math.isfinite(run.deadline)
+    total = (run.deadline - t_start) if timed else (cfg.max_steps - state.step if cfg.max_steps else None)
+    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(),
+                        console=CONSOLE, transient=False)  # fmt: skip
+    task = progress.add_task("training", total=total)
+    data_iter = iter(loader)
+    with progress:
+        while True:
+            if cfg.max_steps > 0 and state.step >= cfg.max_steps:
+                return "max_steps", clock.run_seconds
+            if time.monotonic() + clock.step_time * 2 + state.save_seconds * 1.5 + 5.0 > run.deadline:
+                return "time budget", clock.run_seconds
+            t_step = time.monotonic()
+            loss = _optimizer_step(run, state, forward, next(data_iter), gens)
+            state.step += 1
+            state.samples_seen += cfg.batch_size
+            dt = time.monotonic() - t_step
+            clock.step_time = dt if clock.step_time == 0.0 else 0.9 * clock.step_time + 0.1 * dt
+            state.train_seconds += dt
+            clock.run_seconds += dt
+            result.losses.append(loss)
+            window.append(loss)
+            if state.step % cfg.log_every == 0:
+                _log_row(log[0], cfg, state, window, clock.step_time)
+                log[1].flush()
+                window = []
+            speed = 1.0 / max(clock.step_time, 1e-9)
+            desc = f"step {state.step}  loss {loss:.4f}  {speed:.1f} it/s  {state.samples_seen} crops"
+            if timed:
+                progress.update(task, completed=time.monotonic() - t_start, description=desc)
+            else:
+                progress.update(task, advance=1, description=desc)
+            if time.monotonic() - clock.last_print > cfg.print_every_seconds:
+                clock.last_print = time.monotonic()
+                CONSOLE.print(desc, highlight=False)
+            _after_step(run, state, clock)
+
+
+def train(cfg: PriorTrainConfig) -> TrainResult:
+    """Run (or continue) a training run; see the module docstring. Returns a :class:`TrainResult`."""
+    run, state, loader = start_run(cfg)
+    cfg = run.cfg
+    log_path = run.output / "train_log.csv"
+    new_log = not log_path.exists()
+    n_params = sum(p.numel() for p in state.unet.parameters())
+    CONSOLE.print(
+        f"Training the pixel prior ({cfg.preset}: {n_params / 1e6:.2f} M parameters) on {run.device} from "
+        f"step {state.step}: {len(run.paths)} images, batch {cfg.batch_size} x {cfg.crop_size}^2 HR crops, "
+        f"{_default_workers(cfg.num_workers)} workers"
         + (f", budget {cfg.max_minutes:g} min" if cfg.max_minutes > 0 else "")
         + (f", until step {cfg.max_steps}" if cfg.max_steps > 0 else "")
     )
-    result = TrainResult(start_step=start_step, step=step)
-    window: List[float] = []
-    last_save = time.monotonic()
-    last_print = time.monotonic()
-    step_time = 0.0  # EMA of one step's wall time
-    run_train_seconds = 0.0
-    stop_reason = ""
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=CONSOLE,
-        transient=False,
-    )
-    total = (
-        (deadline - time.monotonic()) if math.isfinite(deadline) else (cfg.max_steps - step if cfg.max_steps else None)
-    )
-    task = progress.add_task("training", total=total)
-    data_iter = iter(loader)
-    try:
-        with progress:
-            while True:
-                now = time.monotonic()
-                if cfg.max_steps > 0 and step >= cfg.max_steps:
-                    stop_reason = "max_steps"
-                    break
-                if now + step_time * 2 + save_seconds[0] * 1.5 + 5.0 > deadline:
-                    stop_reason = "time budget"
-                    break
-                t_step = time.monotonic()
-                batch = next(data_iter)
-                hr = batch["hr"].to(device, non_blocking=True).float() / 255.0
-                lr = batch["lr"].to(device, non_blocking=True).float()
-                b = hr.shape[0]
-                z0 = pixel_encode(hr)
-                t = torch.randint(0, T, (b,), device=device, generator=noise_gen)
-                eps = torch.randn(z0.shape, device=device, generator=noise_gen)
-                a_t, s_t = schedule_coefficients(alphas_cumprod, t)
-                z_t = a_t * z0 + s_t * eps
-                target = a_t * eps - s_t * z0
-                levels = sample_noise_levels(b, cfg, level_gen).to(device)
-                a_k = low_res_ac[levels].view(-1, 1, 1, 1)
-                y = a_k.sqrt() * (lr * 2.0 - 1.0) + (1.0 - a_k).sqrt() * torch.randn(
-                    lr.shape, device=device, generator=noise_gen
-                )
-                x = torch.cat([z_t, y], dim=1)
-                if cuda and cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for g in optimizer.param_groups:
-                    g["lr"] = _lr_at(cfg, step, warmup_start)
-                with autocast():
-                    pred = forward_unet(x, t, encoder_hidden_states=None, class_labels=levels, return_dict=False)[0]
-                loss = F.mse_loss(pred.float(), target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-                optimizer.step()
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    ema_p = list(ema.parameters())
-                    torch._foreach_lerp_(ema_p, [p.detach() for p in unet.parameters()], 1.0 - decay)
-                loss_value = float(loss.detach())  # syncs: the step time below is real
-                step += 1
-                samples_seen += b
-                dt = time.monotonic() - t_step
-                step_time = dt if step_time == 0.0 else 0.9 * step_time + 0.1 * dt
-                train_seconds += dt
-                run_train_seconds += dt
-                result.losses.append(loss_value)
-                window.append(loss_value)
-
-                if step % cfg.log_every == 0:
-                    log_writer.writerow(
-                        [
-                            step,
-                            samples_seen,
-                            f"{sum(window) / len(window):.6f}",
-                            f"{_lr_at(cfg, step - 1, warmup_start):.3g}",
-                            f"{1.0 / max(step_time, 1e-9):.2f}",
-                            f"{train_seconds / 60:.3f}",
-                        ]
-                    )
-                    log_file.flush()
-                    window = []
-                desc = (
-                    f"step {step}  loss {loss_value:.4f}  {1.0 / max(step_time, 1e-9):.1f} it/s  {samples_seen} crops"
-                )
-                if math.isfinite(deadline):
-                    progress.update(task, completed=time.monotonic() - t_start, description=desc)
-                else:
-                    progress.update(task, advance=1, description=desc)
-                if time.monotonic() - last_print > cfg.print_every_seconds:
-                    last_print = time.monotonic()
-                    CONSOLE.print(desc, highlight=False)
-
-                if validator is not None and cfg.val_every > 0 and step % cfg.val_every == 0:
-                    if time.monotonic() + val_seconds[0] * 1.5 + save_seconds[0] * 1.5 + 10.0 < deadline:
-                        validate()
-                if time.monotonic() - last_save > cfg.save_every_minutes * 60.0:
-                    save("periodic")
-                    last_save = time.monotonic()
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        CONSOLE.print("[yellow]Interrupted: saving.")
-    finally:
-        log_file.close()
-        result.step = step
-        result.stop_reason = stop_reason
-        result.steps_per_second = (step - start_step) / run_train_seconds if run_train_seconds > 0 else 0.0
-
-    # final validation (if it fits and this step was not validated yet), then save
-    if validator is not None and (not val_history or val_history[-1]["step"] != step) and step > 0:
-        if time.monotonic() + val_seconds[0] * 1.5 + save_seconds[0] * 1.5 + 5.0 < deadline:
-            validate()
-        else:
-            CONSOLE.print("[yellow]Skipping the final validation: it would not fit in the time budget.")
-    save(stop_reason or "end")
-    result.val_history = val_history
-    result.model_dir = output / MODEL_DIR_NAME
+    result = TrainResult(start_step=state.step, step=state.step)
+    stop_reason, run_seconds = "", 0.0
+    with open(log_path, "a", newline="") as log_file:
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["step", "samples_seen", "loss", "lr", "steps_per_s", "train_minutes"])
+        try:
+            stop_reason, run_seconds = _loop(run, state, loader, result, (writer, log_file))
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+            CONSOLE.print("[yellow]Interrupted: saving.")
+    result.step, result.stop_reason = state.step, stop_reason
+    result.steps_per_second = (state.step - result.start_step) / run_seconds if run_seconds > 0 else 0.0
+    _finish(run, state, stop_reason)
+    result.val_history = state.val_history
+    result.model_dir = run.output / MODEL_DIR_NAME
     CONSOLE.print(
-        f"Stopped at step {step} ({stop_reason}); {result.steps_per_second:.2f} steps/s "
+        f"Stopped at step {state.step} ({stop_reason}); {result.steps_per_second:.2f} steps/s "
         f"({result.steps_per_second * cfg.batch_size:.0f} crops/s) this run; "
         f"{time.monotonic() - _PROCESS_T0:.0f} s since process start."
     )
     return result
 
 
+def _finish(run: TrainRun, state: TrainState, stop_reason: str) -> None:
+    """Final validation (if it fits and this step was not validated yet), then save."""
+    history = state.val_history
+    if run.validator is not None and (not history or history[-1]["step"] != state.step) and state.step > 0:
+        if time.monotonic() + state.val_seconds * 1.5 + state.save_seconds * 1.5 + 5.0 < run.deadline:
+            validate_run(run, state)
+        else:
+            CONSOLE.print("[yellow]Skipping the final validation: it would not fit in the time budget.")
+    save_run(run, state, stop_reason or "end")
+
+
 def main() -> None:
-    """Console script ``vsdsr-train-prior``."""
+    """Console script ``vsdsr-train-prior``: bad inputs end with one line on stderr (exit status 1)."""
+    import sys
+
     import tyro
 
+    from vsdsr_nerfstudio.data.images import ImageReadError
+    from vsdsr_nerfstudio.sr.priors.loading import PriorLoadError
+
     cfg = tyro.cli(PriorTrainConfig, description=__doc__.split("\n\n")[0] if __doc__ else None)
-    train(cfg)
+    try:
+        train(cfg)
+    except (ImageReadError, FileExistsError, FileNotFoundError, PriorLoadError, ValueError) as err:
+        sys.exit(f"vsdsr-train-prior: error: {err}")
 
 
 if __name__ == "__main__":

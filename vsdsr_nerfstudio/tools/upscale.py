@@ -23,7 +23,7 @@ import torch
 import tyro
 from typing_extensions import Annotated
 
-from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder
+from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder, resolve_prior
 
 
 @dataclass
@@ -33,7 +33,8 @@ class UpscaleConfig:
     image: Annotated[Path, tyro.conf.Positional]
     """Input (LR) image."""
     output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
-    """Output (x4) image; the format follows the extension (png recommended)."""
+    """Output (x4) image; the format follows the extension (png recommended: it keeps an alpha channel; an unknown
+    extension is refused before the upscale runs). Grey inputs give grey outputs."""
     prior: PriorName = "embedded"
     """Which prior (``SRPriorConfig.prior``): ``embedded`` = the pixel-space prior shipped in the package,
     ``sd-x4-upscaler`` = Stable Diffusion x4 upscaler from ``model-path``, ``pixel-tiny`` / ``tiny`` = random
@@ -48,7 +49,7 @@ class UpscaleConfig:
     guidance_scale: float = 1.0
     """Text CFG scale (text priors only; the SD pipeline default is 9)."""
     prompt: str = "high resolution, 4K, photo"
-    """Prompt (text priors only)."""
+    """Prompt (text priors only; changing it with a pixel-space prior is an error)."""
     tile: int = 256
     """LR pixels per denoiser window (0: the whole image at once)."""
     tile_overlap: int = 32
@@ -63,26 +64,34 @@ class UpscaleConfig:
     """SD prior from a hub id: use the local Hugging Face cache only."""
 
 
-def upscale(cfg: UpscaleConfig) -> Path:
-    """Load the prior, upscale ``cfg.image`` and write ``cfg.output``; returns the output path."""
-    from nerfstudio.utils.rich_utils import CONSOLE
+class UpscaleInputError(ValueError):
+    """A bad command line or input file (printed as one line by :func:`main`, no traceback)."""
 
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, save_rgb
 
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    pc = SRPriorConfig(prior=cfg.prior, unet_dtype=cfg.dtype, prompt=cfg.prompt, local_files_only=cfg.local_files_only)
+def prior_choice(cfg: UpscaleConfig) -> SRPriorConfig:
+    """The ``SRPriorConfig`` of the command line: a pixel-prior folder in ``--model-path`` loads that prior
+    (whatever ``--prior`` says); with ``--prior embedded`` (the default) another path means an SD x4 folder / hub
+    id."""
+    pc = SRPriorConfig(prior=cfg.prior, unet_dtype=cfg.dtype, local_files_only=cfg.local_files_only)
+    if cfg.prompt != pc.prompt:
+        pc.prompt = cfg.prompt
     if cfg.model_path is not None:
         pc.model_path = cfg.model_path
         if cfg.prior == "embedded" or is_pixel_prior_folder(cfg.model_path):
             pc.prior = "embedded" if is_pixel_prior_folder(cfg.model_path) else "sd-x4-upscaler"
-    prior = pc.setup(device=device)
-    lr = load_rgb_uint8(cfg.image).float()[None] / 255.0
-    t0 = time.perf_counter()
+    return pc
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sample(cfg: UpscaleConfig, prior, rgb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """DDIM x4 of one ``(3, h, w)`` image in [0, 1] -> ``(3, 4h, 4w)``."""
+    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
+
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = (
         torch.autocast("cuda", dtype=prior.dtype)
@@ -92,7 +101,7 @@ def upscale(cfg: UpscaleConfig) -> Path:
     with autocast:
         hr = ddim_upscale(
             prior,
-            lr,
+            rgb[None],
             steps=cfg.steps,
             noise_level=cfg.noise_level,
             generator=generator,
@@ -101,17 +110,57 @@ def upscale(cfg: UpscaleConfig) -> Path:
             tile_overlap=cfg.tile_overlap,
             progress=True,
         )
-    save_rgb(hr[0], cfg.output)
+    return hr[0].float()
+
+
+def upscale(cfg: UpscaleConfig) -> Path:
+    """Check the inputs, load the prior, upscale ``cfg.image`` and write ``cfg.output``; returns the output path.
+
+    Bad inputs raise :class:`UpscaleInputError` (a non-image or missing input, an output extension that cannot be
+    written: both before any work) or ``ValueError`` (a prior option the chosen prior does not use). Grey inputs
+    give grey outputs (the three channels of the result averaged), 16-bit inputs are scaled correctly, an alpha
+    channel is upscaled bicubically and kept (or dropped with a note when the output format has none)."""
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    from vsdsr_nerfstudio.data.images import ImageReadError, output_format, read_image, save_image
+    from vsdsr_nerfstudio.data.resample import bicubic_upscale
+
+    try:
+        output_format(cfg.output)
+        image = read_image(cfg.image)
+    except (ValueError, ImageReadError) as err:
+        raise UpscaleInputError(str(err)) from None
+    pc = prior_choice(cfg)
+    resolve_prior(pc, strict=True)  # an option the chosen prior does not use: refuse before loading
+    device = _device(cfg.device)
+    prior = pc.setup(device=device)
+    t0 = time.perf_counter()
+    hr = _sample(cfg, prior, image.rgb, device)
+    alpha = None if image.alpha is None else bicubic_upscale(image.alpha[None], prior.scale)[0]
+    note = save_image(hr, cfg.output, alpha=alpha, grey=image.grey)
+    if note:
+        CONSOLE.print(f"[yellow]{note}")
+    kind = ("grey" if image.grey else "RGB") + (" + alpha" if image.alpha is not None else "")
     CONSOLE.print(
-        f"{cfg.image} {tuple(lr.shape[-2:])} -> {cfg.output} {tuple(hr.shape[-2:])}: DDIM {cfg.steps} "
-        f"steps in {time.perf_counter() - t0:.1f} s on {device}."
+        f"{cfg.image} {tuple(image.rgb.shape[-2:])} {image.bit_depth}-bit {kind} -> {cfg.output} "
+        f"{tuple(hr.shape[-2:])}: DDIM {cfg.steps} steps in {time.perf_counter() - t0:.1f} s on {device}."
     )
     return cfg.output
 
 
 def main() -> None:
-    """Console script ``vsdsr-upscale``."""
-    upscale(tyro.cli(UpscaleConfig, description=__doc__.split("\n\n")[0] if __doc__ else None))
+    """Console script ``vsdsr-upscale``: bad inputs end with one line on stderr and exit status 2."""
+    import sys
+
+    from vsdsr_nerfstudio.sr.priors.loading import PriorLoadError
+
+    cfg = tyro.cli(UpscaleConfig, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    try:
+        upscale(cfg)
+    except (UpscaleInputError, ValueError) as err:
+        sys.exit(f"vsdsr-upscale: error: {err}")
+    except PriorLoadError as err:
+        sys.exit(f"vsdsr-upscale: error: {err}")
 
 
 if __name__ == "__main__":

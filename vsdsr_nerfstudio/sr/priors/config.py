@@ -1,4 +1,6 @@
-"""Config of the x4 diffusion prior. Import-light: diffusers/transformers load in ``setup``.
+"""The user-facing choice of the x4 diffusion prior, and the registry that turns it into a prior of one kind.
+
+Import-light: diffusers/transformers load in ``setup``.
 
 Usage::
 
@@ -7,199 +9,166 @@ Usage::
     prior = SRPriorConfig(model_path="/data/sd-x4").setup(device="cuda")  # real weights from a local folder
     prior = SRPriorConfig(prior="embedded").setup(device="cuda")     # the pixel-space prior shipped in the package
 
+``SRPriorConfig.prior`` names a kind; :data:`PRIOR_KINDS` maps each name to a function that builds that kind's
+config (``sr/priors/kinds.py``) from the user's settings, refusing settings the kind does not use. Adding a prior =
+one kind config in ``kinds.py`` + one entry here (and its name in :data:`PriorName`).
+
 See ``docs/prior.md`` (Stable Diffusion x4 upscaler) and ``docs/embedded_prior.md`` (pixel-space prior).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Literal, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.configs.base_config import InstantiateConfig
+
+from vsdsr_nerfstudio.sr.priors.kinds import (
+    PixelFolderConfig,
+    PixelRandomConfig,
+    PriorKindConfig,
+    SDX4PretrainedConfig,
+    SDX4RandomConfig,
+    SDX4TextVaeSettings,
+)
+from vsdsr_nerfstudio.sr.priors.loading import (  # noqa: F401 - re-exported: the names users import from here
+    EMBEDDED_PRIOR_DIR,
+    MODEL_PATH_FIELD,
+    PIXEL_PRIOR_CONFIG_NAME,
+    DtypeName,
+    PriorLoadError,
+    embedded_prior_missing_message,
+    hf_hub_offline_env,
+    is_pixel_prior_folder,
+    looks_like_local_path,
+    prior_load_error_message,
+    resolve_dtype,
+)
 
 if TYPE_CHECKING:
     from vsdsr_nerfstudio.sr.priors.base import SRPrior
 
 PriorName = Literal["sd-x4-upscaler", "sd-x4-random", "tiny", "embedded", "pixel-tiny"]
-DtypeName = Literal["bf16", "fp16", "fp32"]
 
-MODEL_PATH_FIELD = "prior.model_path"
-"""How error messages name the config field holding the weights location (the CLI path depends on where the
-pipeline nests this config, e.g. ``--pipeline.prior.model-path``)."""
+CLI_PREFIX = "--pipeline.prior."
+"""How messages name this config's options on the ``ns-train`` command line."""
 
-
-class PriorLoadError(RuntimeError):
-    """The diffusion prior's weights could not be loaded (missing local folder, hub unreachable or offline)."""
+_TEXT_VAE_FIELDS = ("prompt", "negative_prompt", "vae_tile_size", "vae_tile_overlap")
 
 
-PIXEL_PRIOR_CONFIG_NAME = "pixel_prior.json"
-"""The file that marks a folder as a pixel-space prior (``sr/priors/pixel_prior.py``); ``model_path`` folders holding it
-load as :class:`~vsdsr_nerfstudio.sr.priors.pixel_prior.PixelSpacePrior`."""
-
-PIXEL_PRIOR_NAMES = ("embedded", "pixel-tiny")
-"""Values of ``SRPriorConfig.prior`` that select the pixel-space prior."""
-
-EMBEDDED_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "embedded_prior"
-"""Where the package ships the weights of the ``embedded`` prior (written by ``vsdsr-train-prior``)."""
+def _option(name: str) -> str:
+    return CLI_PREFIX + name.replace("_", "-")
 
 
-def is_pixel_prior_folder(model_path: Union[str, Path]) -> bool:
-    """True if ``model_path`` is a local folder of a pixel-space prior (it holds ``pixel_prior.json``)."""
+def _refuse_unused(config: "SRPriorConfig", used: Tuple[str, ...], why: str) -> None:
+    """Raise ``ValueError`` naming every option set away from its default that the chosen prior does not use."""
+    defaults = SRPriorConfig()
+    settable = ("model_path", "local_files_only", "seed") + _TEXT_VAE_FIELDS
+    unused = [n for n in settable if n not in used and getattr(config, n) != getattr(defaults, n)]
+    if unused:
+        given = ", ".join(f"{_option(n)} {getattr(config, n)!r}" for n in unused)
+        raise ValueError(
+            f"The prior {config.prior!r} does not use {given} ({why}). Remove {'it' if len(unused) == 1 else 'them'}, "
+            f"or choose a prior that does: {_option('prior')} sd-x4-upscaler (weights from "
+            f"{_option('model_path')}), embedded (a pixel-prior folder in {_option('model_path')}); see docs/prior.md."
+        )
+
+
+def _text_vae(config: "SRPriorConfig") -> SDX4TextVaeSettings:
+    return SDX4TextVaeSettings(**{n: getattr(config, n) for n in _TEXT_VAE_FIELDS})
+
+
+def _sd_x4_upscaler(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
+    if is_pixel_prior_folder(config.model_path):  # a pixel-prior folder given as model_path loads that prior
+        return _embedded(config, strict)
+    if strict:
+        _refuse_unused(config, ("model_path", "local_files_only") + _TEXT_VAE_FIELDS, "it loads pretrained weights")
+    return SDX4PretrainedConfig(
+        unet_dtype=config.unet_dtype,
+        model_path=config.model_path,
+        local_files_only=config.local_files_only,
+        text=_text_vae(config),
+    )
+
+
+def _sd_x4_random(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
+    if strict:
+        _refuse_unused(config, ("seed",) + _TEXT_VAE_FIELDS, "it has seeded random weights, nothing is loaded")
+    return SDX4RandomConfig(
+        unet_dtype=config.unet_dtype, architecture=config.prior, seed=config.seed, text=_text_vae(config)
+    )
+
+
+def _embedded(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
+    if strict:
+        _refuse_unused(config, ("model_path",), "a pixel-space prior: no text, no VAE, weights from a local folder")
+    if is_pixel_prior_folder(config.model_path) or config.model_path != SRPriorConfig().model_path:
+        return PixelFolderConfig(unet_dtype=config.unet_dtype, folder=config.model_path)
+    # the package's own weights; looked up now, so tests can point EMBEDDED_PRIOR_DIR elsewhere
+    return PixelFolderConfig(unet_dtype=config.unet_dtype, folder=str(EMBEDDED_PRIOR_DIR), embedded=True)
+
+
+def _pixel_tiny(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
+    if strict:
+        _refuse_unused(config, ("seed",), "a pixel-space prior with seeded random weights: no text, no VAE, no files")
+    return PixelRandomConfig(unet_dtype=config.unet_dtype, seed=config.seed)
+
+
+PRIOR_KINDS: Dict[str, Callable[["SRPriorConfig", bool], PriorKindConfig]] = {
+    "sd-x4-upscaler": _sd_x4_upscaler,
+    "sd-x4-random": _sd_x4_random,
+    "tiny": _sd_x4_random,
+    "embedded": _embedded,
+    "pixel-tiny": _pixel_tiny,
+}
+"""The registry: ``SRPriorConfig.prior`` -> ``(config, strict) -> kind config``. ``strict`` refuses options the
+kind does not use (the start-of-training check and the CLI); loading itself is lenient."""
+
+
+def resolve_prior(config: "SRPriorConfig", strict: bool = False) -> PriorKindConfig:
+    """The one dispatch from the user's choice to a kind config (see :data:`PRIOR_KINDS`)."""
     try:
-        return bool(str(model_path)) and (Path(model_path).expanduser() / PIXEL_PRIOR_CONFIG_NAME).is_file()
-    except OSError:
-        return False
-
-
-def uses_pixel_prior(config: "SRPriorConfig") -> bool:
-    """True if ``config`` sets up the pixel-space prior (``embedded``, ``pixel-tiny``, or an ``sd-x4-upscaler``
-    ``model_path`` that is a pixel-prior folder) rather than the Stable Diffusion x4 upscaler."""
-    return config.prior in PIXEL_PRIOR_NAMES or (
-        config.prior == "sd-x4-upscaler" and is_pixel_prior_folder(config.model_path)
-    )
-
-
-def embedded_prior_missing_message(folder: Union[str, Path]) -> str:
-    """Wording of the :class:`PriorLoadError` for ``prior="embedded"`` when the shipped weights are missing."""
-    return (
-        f"The embedded pixel-space x4 prior's weights are missing: {str(folder)!r} has no {PIXEL_PRIOR_CONFIG_NAME}.\n"
-        "The package ships them there: reinstall it (`pip install --force-reinstall --no-deps vsdsr_nerfstudio`, or "
-        "from the source tree).\nOr train your own with `vsdsr-train-prior --images /path/to/photos --output "
-        "/path/to/run` (see docs/embedded_prior.md), then either copy /path/to/run/model/* into that folder, or set "
-        f"`{MODEL_PATH_FIELD}` to the trained folder, e.g. `--pipeline.prior.model-path /path/to/run/model`.\n"
-        'For tests and CPU runs without any weights use `prior="pixel-tiny"` (or the SD-architecture `tiny`).'
-    )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def prior_load_error_message(model_path: str, tried: str, cause: Optional[BaseException] = None) -> str:
-    """The one place that words a :class:`PriorLoadError`: what was tried, how to fix it, the ``tiny`` preset."""
-    lines = [
-        f"Could not load the Stable Diffusion x4 upscaler from {model_path!r}: {tried}.",
-    ]
-    if cause is not None:
-        lines.append(f"Cause: {_first_line(cause)}")
-        root = cause
-        for _ in range(8):  # the hub/network error that a loader wrapped, if any
-            nxt = root.__cause__ or root.__context__
-            if nxt is None:
-                break
-            root = nxt
-        if root is not cause:
-            lines.append(f"Root cause: {_first_line(root)}")
-    lines += [
-        f"Set `{MODEL_PATH_FIELD}` to a local diffusers folder of stabilityai/stable-diffusion-x4-upscaler "
-        "(with unet/, vae/, text_encoder/, tokenizer/, scheduler/, low_res_scheduler/), e.g. "
-        "`--pipeline.prior.model-path /path/to/stable-diffusion-x4-upscaler`, or make the Hugging Face hub "
-        "reachable (and unset HF_HUB_OFFLINE / local_files_only) so the weights can be downloaded once.",
-        "Offline alternative without any download: the pixel-space prior embedded in the package, "
-        "`ns-train vsd-sr-embedded` (its stage settings are tuned for it; docs/embedded_prior.md).",
-        'For tests and CPU runs without any weights use the `tiny` preset (`prior="tiny"`); for GPU benchmarks '
-        'with the real architecture and random weights use `prior="sd-x4-random"`.',
-    ]
-    return "\n".join(lines)
-
-
-def looks_like_local_path(model_path: str) -> bool:
-    """True if ``model_path`` is meant as a filesystem path rather than a Hugging Face id (``owner/name``).
-
-    Paths: existing entries, absolute paths, ``~``/``.``-prefixed ones, Windows separators, or more than one ``/``.
-    """
-    if not model_path:
-        return True
-    if Path(model_path).expanduser().exists():
-        return True
-    if model_path.startswith(("/", "~", ".")) or os.path.isabs(model_path) or "\\" in model_path:
-        return True
-    return model_path.count("/") > 1
-
-
-def hf_hub_offline_env() -> bool:
-    """True if the ``HF_HUB_OFFLINE`` environment variable turns Hugging Face downloads off (read at call time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
-
-
-def hub_offline(config: "SRPriorConfig") -> bool:
-    """True if Hugging Face downloads are off for ``config`` (``HF_HUB_OFFLINE`` or ``local_files_only``)."""
-    return config.local_files_only or hf_hub_offline_env()
+        make = PRIOR_KINDS[config.prior]
+    except KeyError:
+        raise ValueError(f"Unknown prior {config.prior!r}; expected one of {sorted(PRIOR_KINDS)}.") from None
+    return make(config, strict)
 
 
 def check_prior_source(config: "SRPriorConfig", cache_dir: Optional[Union[str, Path]] = None) -> Optional[str]:
-    """Cheap check at the start of training, before hours of LR pretraining (the prior itself loads lazily at the
-    first upscaling stage). For the SD x4 upscaler:
+    """The check at the start of training, before hours of LR pretraining (the prior itself loads lazily at the
+    first upscaling stage). Never reads weights or touches the network. Raises:
 
-    - a local folder given as ``model_path`` must exist;
-    - a Hugging Face id must be in the local Hugging Face cache (``cache_dir``, default: the hub's) when downloads
-      are off (``HF_HUB_OFFLINE``/``local_files_only``): loading could only fail later;
+    - ``ValueError`` for an option the chosen prior does not use (e.g. ``model_path`` with ``prior="tiny"``);
+    - :class:`PriorLoadError` for a local folder that does not exist, is a file, or lacks a subfolder, config or
+      weights file (SD x4 diffusers folder or pixel-prior folder), and for a Hugging Face id that is not in the local
+      cache (``cache_dir``, default: the hub's) while downloads are off (``HF_HUB_OFFLINE``/``local_files_only``).
 
-    both raise :class:`PriorLoadError` with the usual message. A hub id that is not cached while downloads are on
-    returns a warning (the weights will be downloaded at the first stage; an offline machine should stop now).
-    Returns None when there is nothing to say. Never touches the network."""
-    if config.prior != "sd-x4-upscaler":
-        return None
-    if looks_like_local_path(config.model_path):
-        if not Path(config.model_path).expanduser().is_dir():
-            raise PriorLoadError(prior_load_error_message(config.model_path, "the local folder does not exist"))
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - diffusers depends on it
-        return None
-    cached = try_to_load_from_cache(config.model_path, "model_index.json", cache_dir=cache_dir)
-    if isinstance(cached, str):
-        return None
-    if hub_offline(config):
-        raise PriorLoadError(
-            prior_load_error_message(
-                config.model_path,
-                "it is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE or local_files_only)",
-            )
-        )
-    return (
-        f"The prior {config.model_path!r} is not in the local Hugging Face cache: it will be downloaded (about 2 GB) "
-        "when the first upscaling stage starts, after the LR pretraining. If this machine has no network, stop now "
-        "and use `ns-train vsd-sr-embedded` (no download) or --pipeline.prior.model-path /local/folder."
-    )
+    Returns a warning for a hub id that is not cached while downloads are on (the weights will be downloaded at the
+    first stage), else None."""
+    return resolve_prior(config, strict=True).check(cache_dir)
 
 
-def resolve_dtype(name: DtypeName, device: Union[str, torch.device]) -> torch.dtype:
-    """``"bf16"|"fp16"|"fp32"`` -> torch dtype; always float32 on a CPU (half-precision convs are slow or missing)."""
-    if torch.device(device).type == "cpu":
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-class LazySDUpscalerPrior:
-    """Lazy ``_target``: ``LazySDUpscalerPrior(config, device=...)`` imports ``sr.sd_upscaler`` (diffusers) only
-    now and returns an ``SDUpscalerPrior`` (a class rather than a function, so tyro sees a ``Type``).
-
-    ``prior="embedded"``/``"pixel-tiny"``, or a ``model_path`` folder holding ``pixel_prior.json``, give a
-    ``PixelSpacePrior`` (``sr/priors/pixel_prior.py``) instead."""
+class PriorFactory:
+    """``_target`` of :class:`SRPriorConfig`: ``PriorFactory(config, device=...)`` returns the prior that
+    :func:`resolve_prior` chooses (a class rather than a function, so tyro sees a ``Type``)."""
 
     def __new__(cls, config: "SRPriorConfig", **kwargs: Any) -> "SRPrior":  # type: ignore[misc]
-        if uses_pixel_prior(config):
-            from vsdsr_nerfstudio.sr.priors.pixel_prior import build_pixel_prior
-
-            return build_pixel_prior(config, **kwargs)
-        from vsdsr_nerfstudio.sr.priors.sd_upscaler import SDUpscalerPrior
-
-        return SDUpscalerPrior(config, **kwargs)
+        return resolve_prior(config).setup(**kwargs)
 
 
 @dataclass
 class SRPriorConfig(InstantiateConfig):
     """The x4 diffusion prior as an :class:`~vsdsr_nerfstudio.sr.priors.base.SRPrior`: the Stable Diffusion x4
-    upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one)."""
+    upscaler (default) or the pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path`` folder of one).
 
-    _target: Type = field(default_factory=lambda: LazySDUpscalerPrior)
-    """Factory of the prior; imports ``sr.sd_upscaler`` (diffusers) lazily."""
+    Each option is used by some priors only; at the start of training (:func:`check_prior_source`) an option set
+    away from its default that the chosen prior does not use is an error."""
+
+    _target: Type = field(default_factory=lambda: PriorFactory)
+    """Factory of the prior: dispatches on ``prior`` through the registry (``PRIOR_KINDS``); imports diffusers
+    lazily."""
     prior: PriorName = "sd-x4-upscaler"
     """Which weights: ``sd-x4-upscaler`` = pretrained, from ``model_path``; ``sd-x4-random`` = the real x4
     architecture with seeded random weights (GPU benchmarks without the hub); ``tiny`` = the same classes with
@@ -210,9 +179,9 @@ class SRPriorConfig(InstantiateConfig):
     """Hugging Face id or local diffusers folder of the upscaler (only for ``prior="sd-x4-upscaler"``). A folder
     written by ``sd_upscaler.save_tiny_prior`` also works. A local folder of a pixel-space prior (it holds
     ``pixel_prior.json``, e.g. ``vsdsr-train-prior``'s ``OUTPUT/model``) loads that prior, with ``prior`` set to
-    ``sd-x4-upscaler`` or ``embedded``."""
+    ``sd-x4-upscaler`` or ``embedded``. Not used by ``tiny``, ``sd-x4-random``, ``pixel-tiny``."""
     local_files_only: bool = False
-    """Never contact the hub; load ``model_path`` from the local Hugging Face cache only."""
+    """Never contact the hub; load ``model_path`` from the local Hugging Face cache only (``sd-x4-upscaler``)."""
     unet_dtype: DtypeName = "bf16"
     """Compute dtype of the UNet on a GPU. On a CPU the UNet always runs in float32. The VAE always runs in float32
     (it overflows in fp16) and the text encoder runs once, in float32, at setup."""
@@ -225,15 +194,28 @@ class SRPriorConfig(InstantiateConfig):
     vae_tile_size: int = 128
     """VAE tile size in latent (= LR) pixels; bounds the VAE memory (128 -> 512x512 HR pixels per tile, about
     2.6 GB to decode a 2016x1512 view). Latents that fit in one tile are encoded/decoded in one piece. 0 disables
-    tiling: exact (tiles see tile-wide GroupNorm statistics and attention), but about 16 GB for a 2016x1512 view."""
+    tiling: exact (tiles see tile-wide GroupNorm statistics and attention), but about 16 GB for a 2016x1512 view.
+    SD priors only (the pixel-space priors have no VAE)."""
     vae_tile_overlap: int = 32
-    """Overlap of neighbouring VAE tiles in latent pixels, blended linearly."""
+    """Overlap of neighbouring VAE tiles in latent pixels, blended linearly (SD priors only, as ``vae_tile_size``)."""
     seed: int = 0
-    """Seed of the random weights of the ``tiny``, ``sd-x4-random`` and ``pixel-tiny`` presets."""
+    """Seed of the random weights of the ``tiny``, ``sd-x4-random`` and ``pixel-tiny`` presets (not used by the
+    others)."""
 
     def setup(self, device: Union[str, torch.device] = "cpu", **kwargs: Any) -> "SRPrior":
-        """Load the prior onto ``device`` (imports diffusers/transformers now)."""
-        return self._target(self, device=device, **kwargs)
+        """Load the prior onto ``device`` (imports diffusers/transformers now), through :func:`resolve_prior`
+        whatever ``_target`` holds (configs written by older releases name an older factory there)."""
+        return resolve_prior(self).setup(device=device, **kwargs)
+
+    def kind(self, strict: bool = False) -> PriorKindConfig:
+        """The kind config this choice resolves to (see :func:`resolve_prior`)."""
+        return resolve_prior(self, strict)
+
+    @property
+    def pixel_space(self) -> bool:
+        """True if this choice sets up a pixel-space prior (``embedded``, ``pixel-tiny``, or a ``model_path``
+        folder holding ``pixel_prior.json``) rather than the Stable Diffusion x4 upscaler."""
+        return resolve_prior(self).pixel_space
 
     def scene_prompt(self, scene: Optional[str]) -> str:
         """``"<scene>, <prompt>"`` as in DiSR (``"horns, high resolution, 4K, photo"``); ``prompt`` if no scene."""

@@ -26,8 +26,8 @@ Folder layout (``save_pretrained`` / ``from_pretrained``; diffusers-like, loads 
     scheduler/scheduler_config.json       # DDPMScheduler, training schedule (v_prediction)
     low_res_scheduler/scheduler_config.json    # DDPMScheduler of the LR noising
 
-This module imports diffusers at import time: only ``prior_config``'s lazy factory, the trainer and the CLIs
-import it, never the nerfstudio plugin.
+This module imports diffusers at import time: only the kind configs' ``setup`` (``sr/priors/kinds.py``), the
+trainer and the CLIs import it, never the nerfstudio plugin.
 """
 
 from __future__ import annotations
@@ -45,18 +45,11 @@ from torch import Tensor, nn
 
 from vsdsr_nerfstudio.sr.core.objectives import ddim_step, pred_to_eps, pred_to_x0, schedule_coefficients
 from vsdsr_nerfstudio.sr.priors.base import SRPrior
-from vsdsr_nerfstudio.sr.priors.config import (
-    MODEL_PATH_FIELD,
-    PIXEL_PRIOR_CONFIG_NAME,
-    PriorLoadError,
-    SRPriorConfig,
-    embedded_prior_missing_message,
-    is_pixel_prior_folder,
-    resolve_dtype,
-)
+from vsdsr_nerfstudio.sr.priors.loading import PIXEL_PRIOR_CONFIG_NAME, load_pixel_parts
+from vsdsr_nerfstudio.sr.priors.tiling import tiled_map
 from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, guided_predict, noise_lr_images, set_schedules
 from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
@@ -64,7 +57,7 @@ __all__ = [
     "DEFAULT_SAMPLE_STEPS",
     "PIXEL_UNET_PRESETS",
     "PixelSpacePrior",
-    "build_pixel_prior",
+    "log_pixel_prior",
     "build_pixel_unet",
     "ddim_timesteps",
     "ddim_upscale",
@@ -211,22 +204,6 @@ def pixel_decode(latents: Float[Tensor, "B C h w"], scale: int = SCALE, clamp: b
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _pixel_load_error(folder: Union[str, Path], what: str, cause: Optional[BaseException] = None) -> PriorLoadError:
-    lines = [f"Could not load the pixel-space x4 prior from {str(folder)!r}: {what}."]
-    if cause is not None:
-        lines.append(f"Cause: {type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause) else ''}")
-    lines.append(
-        f"`{MODEL_PATH_FIELD}` must be a folder written by `vsdsr-train-prior` (its OUTPUT/model) or "
-        "`PixelSpacePrior.save_pretrained`, with pixel_prior.json, unet/, scheduler/, low_res_scheduler/."
-    )
-    return PriorLoadError("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The prior
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -296,15 +273,7 @@ class PixelSpacePrior(SRPrior):
                 f"{max_noise_level} needs {max_noise_level + 1}."
             )
 
-        self.scheduler = scheduler
-        self.low_res_scheduler = low_res_scheduler
-        prediction_type = scheduler.config.prediction_type
-        if prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.low_res_alphas_cumprod = low_res_scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.max_noise_level = int(max_noise_level)
+        set_schedules(self, scheduler, low_res_scheduler, max_noise_level)
 
     # ---- construction ------------------------------------------------------------------------------------------
 
@@ -337,34 +306,22 @@ class PixelSpacePrior(SRPrior):
     ) -> "PixelSpacePrior":
         """Load a folder written by :meth:`save_pretrained` (or ``vsdsr-train-prior``'s ``OUTPUT/model``).
         Local files only; any failure raises :class:`PriorLoadError`."""
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise _pixel_load_error(folder, "the folder does not exist")
-        if not is_pixel_prior_folder(folder):
-            raise _pixel_load_error(folder, f"it has no {PIXEL_PRIOR_CONFIG_NAME}")
-        try:
-            meta = json.loads((folder / PIXEL_PRIOR_CONFIG_NAME).read_text())
-            if int(meta.get("format_version", 1)) > FORMAT_VERSION:
-                raise ValueError(f"format_version {meta['format_version']} is newer than this code ({FORMAT_VERSION})")
-            for key, want in (("scale", SCALE), ("latent_channels", LATENT_CHANNELS)):
-                if int(meta.get(key, want)) != want:
-                    raise ValueError(f"{key} = {meta[key]}, this code supports {want}")
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, local_files_only=True)
-            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-            low_res = DDPMScheduler.from_pretrained(folder / "low_res_scheduler", local_files_only=True)
-        except Exception as err:  # noqa: BLE001 - every failure mode ends up as a PriorLoadError
-            raise _pixel_load_error(folder, "reading it failed", err) from err
+        parts = load_pixel_parts(
+            folder,
+            dtype,
+            supported=(("scale", SCALE), ("latent_channels", LATENT_CHANNELS)),
+            format_version=FORMAT_VERSION,
+            default_max_noise_level=MAX_NOISE_LEVEL,
+        )
         return cls(
-            unet,
-            scheduler,
-            low_res,
-            int(meta.get("max_noise_level", MAX_NOISE_LEVEL)),
+            parts.unet,
+            parts.scheduler,
+            parts.low_res_scheduler,
+            parts.max_noise_level,
             device,
             dtype,
-            source=str(folder),
-            meta=meta,
+            source=parts.source,
+            meta=parts.meta,
         )
 
     def save_pretrained(
@@ -522,25 +479,8 @@ def save_pixel_prior(
     return folder
 
 
-def build_pixel_prior(config: SRPriorConfig, device: Union[str, torch.device] = "cpu") -> PixelSpacePrior:
-    """The ``_target`` path of :class:`SRPriorConfig` for pixel priors: ``pixel-tiny`` (seeded random),
-    a ``model_path`` folder with ``pixel_prior.json``, or ``embedded`` (the package's shipped weights; a
-    :class:`PriorLoadError` saying how to get them back or train them when they are missing)."""
-    device = torch.device(device)
-    dtype = resolve_dtype(config.unet_dtype, device)
-    if config.prior == "pixel-tiny":
-        prior = PixelSpacePrior.random("tiny", config.seed, device, dtype)
-    elif is_pixel_prior_folder(config.model_path):
-        prior = PixelSpacePrior.from_pretrained(config.model_path, device, dtype)
-    elif config.prior == "embedded":
-        from vsdsr_nerfstudio.sr.priors import config as prior_config
-
-        folder = prior_config.EMBEDDED_PRIOR_DIR  # looked up now, so tests can point it elsewhere
-        if not is_pixel_prior_folder(folder):
-            raise PriorLoadError(embedded_prior_missing_message(folder))
-        prior = PixelSpacePrior.from_pretrained(folder, device, dtype)
-    else:
-        raise ValueError(f"{config.prior!r} with model_path {config.model_path!r} is not a pixel-space prior")
+def log_pixel_prior(prior: PixelSpacePrior) -> PixelSpacePrior:
+    """Print the one line that says which pixel prior was set up; returns ``prior``."""
     CONSOLE.print(
         f"Pixel-space x4 prior from {prior.source}: {prior.num_parameters / 1e6:.2f} M parameters, "
         f"{prior.dtype} on {prior.device}, {prior.prediction_type}, no text, exact pixel-unshuffle latent."
@@ -561,50 +501,6 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> List[int]:
     return sorted(set(ts), reverse=True)
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> List[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return sorted(set(starts))
-
-
-def _ramp(n: int, start: int, tile: int, size: int, overlap: int, device: torch.device) -> Tensor:
-    """1-D blending weight of a tile: linear ramps over ``overlap`` pixels at interior edges, strictly positive."""
-    pos = torch.arange(n, device=device, dtype=torch.float32)
-    w = torch.ones(n, device=device)
-    if overlap > 0:
-        if start > 0:
-            w = torch.minimum(w, (pos + 1) / (overlap + 1))
-        if start + tile < size:
-            w = torch.minimum(w, (n - pos) / (overlap + 1))
-    return w
-
-
-def _guided_predict(
-    prior: SRPrior, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
-) -> Tensor:
-    """``prior.predict`` with text CFG where the prior uses text (``guidance_scale != 1``), plain otherwise."""
-    if not prior.uses_text:
-        return prior.predict(z_t, t, lr_cond, noise_level)
-    embeddings = prior.text_embeddings()
-    assert embeddings is not None
-    cond, uncond = embeddings
-    batch = z_t.shape[0]
-    if guidance_scale == 1.0:
-        return prior.predict(z_t, t, lr_cond, noise_level, text=cond.expand(batch, -1, -1))
-    two = lambda x: torch.cat([x, x])
-    out = prior.predict(
-        two(z_t),
-        two(t),
-        two(lr_cond),
-        two(noise_level),
-        text=torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)]),
-    )
-    pred_c, pred_u = out.chunk(2)
-    return pred_u + guidance_scale * (pred_c - pred_u)
-
-
 def _tiled_predict(
     prior: SRPrior,
     z_t: Tensor,
@@ -616,31 +512,17 @@ def _tiled_predict(
     overlap: int,
 ) -> Tensor:
     """The prediction over the whole latent, computed on overlapping ``tile`` x ``tile`` windows (LR pixels) and
-    blended with linear ramps (MultiDiffusion-style: every DDIM step sees one seamless prediction)."""
-    _, _, h, w = z_t.shape
+    blended (``sr/priors/tiling.py``, MultiDiffusion-style: every DDIM step sees one seamless prediction)."""
+    _, c, h, w = z_t.shape
     if tile <= 0 or (h <= tile and w <= tile):
-        return _guided_predict(prior, z_t, t, lr_cond, noise_level, guidance_scale)
+        return guided_predict(prior, z_t, t, lr_cond, noise_level, guidance_scale)
+
+    def window(x: Tensor) -> Tensor:
+        return guided_predict(prior, x[:, :c], t, x[:, c:], noise_level, guidance_scale)
+
     overlap = max(0, min(overlap, tile // 2))
-    stride = tile - overlap
-    out = torch.zeros_like(z_t)
-    weight = torch.zeros(1, 1, h, w, device=z_t.device)
-    for y in _tile_starts(h, tile, stride):
-        for x in _tile_starts(w, tile, stride):
-            th, tw = min(tile, h), min(tile, w)
-            pred = _guided_predict(
-                prior,
-                z_t[..., y : y + th, x : x + tw],
-                t,
-                lr_cond[..., y : y + th, x : x + tw],
-                noise_level,
-                guidance_scale,
-            )
-            wy = _ramp(th, y, tile, h, overlap, z_t.device)
-            wx = _ramp(tw, x, tile, w, overlap, z_t.device)
-            wt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y : y + th, x : x + tw] += pred * wt
-            weight[..., y : y + th, x : x + tw] += wt
-    return out / weight
+    joint = torch.cat([z_t, lr_cond.to(z_t.dtype)], dim=1)
+    return tiled_map(window, joint, (h, w), tile, overlap, in_scale=1, out_scale=1)
 
 
 @torch.no_grad()
@@ -693,22 +575,6 @@ def ddim_upscale(
             x0 = x0.clamp(-clip_x0, clip_x0)
         z = ddim_step(x0, eps, a_p, s_p)
     return prior.decode(z)
-
-
-def bicubic_upscale(lr_images: Float[Tensor, "B 3 h w"], scale: int = SCALE) -> Float[Tensor, "B 3 H W"]:
-    """The bicubic baseline: ``F.interpolate(bicubic, align_corners=False)`` x ``scale``, clamped to [0, 1]."""
-    return F.interpolate(lr_images.float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
-
-
-def area_downsample(hr_images: Float[Tensor, "B 3 H W"], scale: int = SCALE) -> Float[Tensor, "B 3 h w"]:
-    """x``scale`` area downsampling (the mean of each ``scale`` x ``scale`` block); H, W multiples of ``scale``."""
-    return F.avg_pool2d(hr_images.float(), kernel_size=scale, stride=scale)
-
-
-def mod_crop(image: Float[Tensor, "*C H W"], multiple: int) -> Float[Tensor, "*C h w"]:
-    """Crop the bottom/right so that H and W are multiples of ``multiple`` (the standard SR evaluation crop)."""
-    h, w = image.shape[-2], image.shape[-1]
-    return image[..., : h - h % multiple, : w - w % multiple]
 
 
 def param_count_report(preset: str = "base") -> Dict[str, float]:

@@ -1,10 +1,11 @@
 """The Stable Diffusion x4 upscaler as an :class:`SRPrior` (diffusers backend; heavy imports, load lazily).
 
-Three presets share one class and one code path after the components are created (see ``SRPriorConfig.prior``):
+:class:`SDUpscalerPrior` is built from its parts (UNet, VAE, text encoder + tokenizer, the two schedulers). Three
+presets share it (see ``sr/priors/kinds.py``):
 
-- ``sd-x4-upscaler``: ``from_pretrained(model_path, subfolder=...)`` for a Hugging Face id or a local diffusers
-  folder (also a folder written by :func:`save_tiny_prior`);
-- ``sd-x4-random``: the real architecture (``sd_x4_configs.SD_X4_*``) with seeded random weights;
+- ``sd-x4-upscaler``: parts from ``sr/priors/loading.py`` (``from_pretrained(model_path, subfolder=...)``) for a
+  Hugging Face id or a local diffusers folder (also a folder written by :func:`save_tiny_prior`);
+- ``sd-x4-random``: the real architecture (``sd_x4_configs.SD_X4_*``), :func:`build_random_components`;
 - ``tiny``: small configs (``sd_x4_configs.TINY_*``) with seeded random weights, for tests and CPU runs.
 
 Conventions (``method.md`` section 1): images in [0, 1] (the VAE sees [-1, 1]); latents are VAE latents times
@@ -17,7 +18,6 @@ from __future__ import annotations
 import gc
 import json
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -27,20 +27,14 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from vsdsr_nerfstudio.sr.priors.base import SRPrior
-from vsdsr_nerfstudio.sr.priors.config import (
-    PriorLoadError,
-    SRPriorConfig,
-    hf_hub_offline_env,
-    looks_like_local_path,
-    prior_load_error_message,
-    resolve_dtype,
-)
-from vsdsr_nerfstudio.sr.priors.sd_x4_configs import SD_X4_MAX_NOISE_LEVEL, SD_X4_UNET, SD_X4_VAE, preset_configs
-from vsdsr_nerfstudio.sr.priors.text import ByteTokenizer, TokenizeFn, encode_prompts, load_tokenizer
+from vsdsr_nerfstudio.sr.priors.loading import PriorLoadError, UpscalerComponents
+from vsdsr_nerfstudio.sr.priors.loading import load_sd_x4_parts as load_pretrained_components
+from vsdsr_nerfstudio.sr.priors.sd_x4_configs import preset_configs
+from vsdsr_nerfstudio.sr.priors.text import ByteTokenizer, TokenizeFn, encode_prompts
 from vsdsr_nerfstudio.sr.priors.tiled_vae import tiled_decode, tiled_encode, vae_downscale
 from vsdsr_nerfstudio.sr.priors.utils import AddToOutput as _AddToOutput
 from vsdsr_nerfstudio.sr.priors.utils import as_batch as _as_batch
-from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images
+from vsdsr_nerfstudio.sr.priors.utils import denoise_with_class_offset, noise_lr_images, set_schedules
 from vsdsr_nerfstudio.sr.priors.utils import randn_on as _randn
 
 __all__ = [
@@ -52,32 +46,6 @@ __all__ = [
     "save_random_prior",
     "save_tiny_prior",
 ]
-
-SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler")
-"""Subfolders of a diffusers ``StableDiffusionUpscalePipeline`` folder that the prior reads."""
-
-
-@dataclass
-class UpscalerComponents:
-    """Everything the prior is built from, before freezing and moving to a device."""
-
-    unet: nn.Module
-    """``UNet2DConditionModel`` (7 -> 4 channels, noise-level class embedding)."""
-    vae: nn.Module
-    """``AutoencoderKL`` with a 4x downscale."""
-    text_encoder: nn.Module
-    """``CLIPTextModel``; used once at setup, then released."""
-    tokenize: TokenizeFn
-    """Prompts -> padded token ids (``CLIPTokenizer`` or :class:`ByteTokenizer`)."""
-    scheduler: Any
-    """Main (``DDIMScheduler``) scheduler: ``alphas_cumprod`` and ``prediction_type``."""
-    low_res_scheduler: Any
-    """``DDPMScheduler`` that noises the LR conditioning."""
-    max_noise_level: int
-    """Largest supported LR noise level (``model_index.json``, 350)."""
-    source: str
-    """Human-readable origin, for logs."""
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Creating components
@@ -117,79 +85,6 @@ def build_random_components(preset: str, seed: int = 0, device: Union[str, torch
         low_res_scheduler=DDPMScheduler.from_config(cfg["low_res_scheduler"]),
         max_noise_level=int(cfg["max_noise_level"]),
         source=f"preset {preset!r} (random weights, seed {seed})",
-    )
-
-
-def _read_max_noise_level(model_path: str, local: bool, local_files_only: bool) -> int:
-    """``max_noise_level`` from ``model_index.json``; 350 if it cannot be read."""
-    try:
-        if local:
-            index_file = Path(model_path).expanduser() / "model_index.json"
-        else:
-            from huggingface_hub import hf_hub_download
-
-            index_file = Path(hf_hub_download(model_path, "model_index.json", local_files_only=local_files_only))
-        return int(json.loads(index_file.read_text()).get("max_noise_level", SD_X4_MAX_NOISE_LEVEL))
-    except Exception:  # noqa: BLE001 - optional metadata
-        return SD_X4_MAX_NOISE_LEVEL
-
-
-def load_pretrained_components(
-    model_path: str, local_files_only: bool = False, unet_dtype: torch.dtype = torch.float32
-) -> UpscalerComponents:
-    """``from_pretrained`` every component from a Hugging Face id or a local diffusers folder.
-
-    Raises :class:`PriorLoadError` (before contacting the hub) for a path-like ``model_path`` that does not exist
-    or lacks a subfolder, and wraps any loading failure (offline, hub unreachable, not cached) in it.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    local = looks_like_local_path(model_path)
-    if local:
-        folder = Path(model_path).expanduser()
-        if not folder.is_dir():
-            raise PriorLoadError(
-                prior_load_error_message(model_path, f"the local folder {str(folder)!r} does not exist")
-            )
-        missing = [s for s in SUBFOLDERS if not (folder / s).is_dir()]
-        if missing:
-            raise PriorLoadError(
-                prior_load_error_message(
-                    model_path, f"the local folder {str(folder)!r} has no subfolder(s) {', '.join(missing)}"
-                )
-            )
-        model_path = str(folder)
-        tried = f"loading the local diffusers folder {model_path!r}"
-    else:
-        offline = hf_hub_offline_env()
-        where = "from the local Hugging Face cache only" if (offline or local_files_only) else "from the hub"
-        flags = ", ".join(f for f, on in (("HF_HUB_OFFLINE=1", offline), ("local_files_only", local_files_only)) if on)
-        tried = f"from_pretrained({model_path!r}, subfolder=...) {where}" + (f" ({flags})" if flags else "")
-
-    kw = dict(local_files_only=local_files_only)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(model_path, subfolder="unet", torch_dtype=unet_dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae", torch_dtype=torch.float32, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder", dtype=torch.float32, **kw)
-        tokenize = load_tokenizer(
-            model_path, local_files_only=local_files_only, max_length=text_encoder.config.max_position_embeddings
-        )
-        scheduler = DDIMScheduler.from_pretrained(model_path, subfolder="scheduler", **kw)
-        low_res_scheduler = DDPMScheduler.from_pretrained(model_path, subfolder="low_res_scheduler", **kw)
-    except PriorLoadError:
-        raise
-    except Exception as err:  # noqa: BLE001 - every failure mode of the hub / disk ends up here
-        raise PriorLoadError(prior_load_error_message(model_path, tried, err)) from err
-    return UpscalerComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenize=tokenize,
-        scheduler=scheduler,
-        low_res_scheduler=low_res_scheduler,
-        max_noise_level=_read_max_noise_level(model_path, local, local_files_only),
-        source=model_path,
     )
 
 
@@ -265,36 +160,62 @@ def _to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modul
 
 class SDUpscalerPrior(SRPrior):
     """Stable Diffusion x4 upscaler prior: frozen UNet (``denoiser``) in ``dtype``, frozen float32 VAE, prompt
-    embeddings computed once at setup (text encoder released afterwards).
+    embeddings computed once at construction (the text encoder is released afterwards).
 
-    Extra attributes: ``config``, ``vae``, ``scheduler``, ``low_res_scheduler``, ``low_res_alphas_cumprod``
-    (float32 on ``device``), ``scaling_factor``, ``source``.
+    Built from its parts, in the diffusers manner; ``sr/priors/kinds.py`` loads them (``SDX4PretrainedConfig``)
+    or creates them with random weights (``SDX4RandomConfig``).
+
+    Args:
+        unet: ``UNet2DConditionModel`` (7 -> 4 channels, noise-level class embedding); moved, cast, frozen in place.
+        vae: ``AutoencoderKL`` with a 4x downscale; float32 always (it overflows in fp16).
+        text_encoder: ``CLIPTextModel``, used once for the two prompts, then released.
+        tokenize: prompts -> padded token ids.
+        scheduler: the training schedule (``alphas_cumprod``, ``prediction_type``).
+        low_res_scheduler: the schedule that noises the LR conditioning.
+        max_noise_level: largest LR noise level.
+        prompt, negative_prompt: the two prompts of classifier-free guidance.
+        vae_tile_size, vae_tile_overlap: VAE tiling in latent pixels (``tile <= 0``: none).
+        device, dtype: where and in which dtype the UNet runs.
+        source: human-readable origin, for logs.
+
+    Extra attributes: ``vae``, ``scheduler``, ``low_res_scheduler``, ``low_res_alphas_cumprod`` (float32 on
+    ``device``), ``scaling_factor``, ``vae_tile_size``, ``vae_tile_overlap``, ``source``.
     """
 
-    def __init__(self, config: SRPriorConfig, device: Union[str, torch.device] = "cpu") -> None:
-        self.config = config
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenize: TokenizeFn,
+        scheduler: Any,
+        low_res_scheduler: Any,
+        max_noise_level: int,
+        prompt: str = "high resolution, 4K, photo",
+        negative_prompt: str = "",
+        vae_tile_size: int = 128,
+        vae_tile_overlap: int = 32,
+        device: Union[str, torch.device] = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str = "",
+    ) -> None:
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(config.unet_dtype, self.device)
+        self.dtype = dtype
+        self.source = source
+        self.vae_tile_size = int(vae_tile_size)
+        self.vae_tile_overlap = int(vae_tile_overlap)
+        self._setup_denoiser(unet)
+        self._setup_vae(vae)
+        set_schedules(self, scheduler, low_res_scheduler, max_noise_level)
+        self._setup_text(text_encoder, tokenize, prompt, negative_prompt)
+        CONSOLE.print(
+            f"SD x4 prior from {self.source}: UNet {self.dtype} on {self.device}, VAE float32, "
+            f"{self.prediction_type}, text encoder released."
+        )
 
-        if config.prior == "sd-x4-upscaler":
-            comps = load_pretrained_components(config.model_path, config.local_files_only, self.dtype)
-            mismatches = config_mismatches(comps.unet.config, SD_X4_UNET) + config_mismatches(
-                comps.vae.config, SD_X4_VAE
-            )
-            if mismatches:
-                CONSOLE.print(
-                    f"[yellow]SD x4 prior: {comps.source} differs from stabilityai/stable-diffusion-x4-upscaler in: "
-                    + "; ".join(mismatches)
-                )
-        elif config.prior in ("sd-x4-random", "tiny"):
-            build_device = self.device if config.prior == "sd-x4-random" else torch.device("cpu")
-            comps = build_random_components(config.prior, config.seed, build_device)
-        else:
-            raise ValueError(f"Unknown prior {config.prior!r}.")
-        self.source = comps.source
-
-        # Denoiser: frozen, eval mode, SDPA attention (diffusers' default AttnProcessor2_0).
-        unet = _to(comps.unet, self.device, self.dtype)
+    def _setup_denoiser(self, unet: nn.Module) -> None:
+        """Frozen, eval mode, SDPA attention (diffusers' default AttnProcessor2_0); the camera-embedding hook."""
+        unet = _to(unet, self.device, self.dtype)
         unet.requires_grad_(False).eval()
         if getattr(unet, "class_embedding", None) is None:
             raise ValueError("The UNet has no noise-level class embedding; is this an x4 upscaler UNet?")
@@ -303,50 +224,35 @@ class SDUpscalerPrior(SRPrior):
         self._class_hook_handle = unet.class_embedding.register_forward_hook(self._class_hook)
         self.class_embedding_dim = int(unet.class_embedding.weight.shape[1])
 
-        # VAE: float32 always (it overflows in fp16).
-        vae = _to(comps.vae, self.device, torch.float32)
+    def _setup_vae(self, vae: nn.Module) -> None:
+        """Float32 always (it overflows in fp16); its channels must match the UNet's."""
+        vae = _to(vae, self.device, torch.float32)
         vae.requires_grad_(False).eval()
         self.vae = vae
         self.scaling_factor = float(vae.config.scaling_factor)
         self.scale = vae_downscale(vae)
         self.latent_channels = int(vae.config.latent_channels)
-        if unet.config.in_channels != self.latent_channels + 3 or unet.config.out_channels != self.latent_channels:
+        cfg = self.denoiser.config
+        if cfg.in_channels != self.latent_channels + 3 or cfg.out_channels != self.latent_channels:
             raise ValueError(
-                f"UNet channels {unet.config.in_channels}->{unet.config.out_channels} do not match a "
+                f"UNet channels {cfg.in_channels}->{cfg.out_channels} do not match a "
                 f"{self.latent_channels}-channel latent plus a 3-channel LR image."
             )
 
-        # Schedules.
-        self.scheduler = comps.scheduler
-        self.low_res_scheduler = comps.low_res_scheduler
-        prediction_type = comps.scheduler.config.prediction_type
-        if prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
-        self.prediction_type = prediction_type
-        self.alphas_cumprod = comps.scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.low_res_alphas_cumprod = comps.low_res_scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
-        self.max_noise_level = int(comps.max_noise_level)
-
-        # Text: embeddings once, then release the encoder and tokenizer.
+    def _setup_text(self, text_encoder: nn.Module, tokenize: TokenizeFn, prompt: str, negative_prompt: str) -> None:
+        """Prompt embeddings once; the encoder is released when the caller drops its reference (the kind configs
+        do: their parts live only for the construction)."""
         self.uses_text = True
-        text_encoder = _to(comps.text_encoder, self.device, torch.float32)
+        text_encoder = _to(text_encoder, self.device, torch.float32)
         text_encoder.requires_grad_(False).eval()
-        embeds = encode_prompts(
-            text_encoder, comps.tokenize, [config.prompt, config.negative_prompt], device=self.device
-        )
+        embeds = encode_prompts(text_encoder, tokenize, [prompt, negative_prompt], device=self.device)
         self._cond_embedding = embeds[:1].contiguous()
         self._uncond_embedding = embeds[1:].contiguous()
         self._text_encoder_ref = weakref.ref(text_encoder)
-        comps.text_encoder = None  # type: ignore[assignment]
-        comps.tokenize = None  # type: ignore[assignment]
-        del text_encoder, comps
+        del text_encoder
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        CONSOLE.print(
-            f"SD x4 prior from {self.source}: UNet {self.dtype} on {self.device}, VAE float32, "
-            f"{self.prediction_type}, text encoder released."
-        )
 
     # ---- SRPrior -------------------------------------------------------------------------------------------
 
@@ -360,7 +266,7 @@ class SDUpscalerPrior(SRPrior):
         """HR images in [0, 1] -> scaled latents (posterior mode, or a draw if ``sample``), tiled, float32.
         Runs with whatever grad mode the caller set; wrap in ``torch.no_grad()`` for renders."""
         x = images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
-        mean, logvar = tiled_encode(self.vae, x, self.config.vae_tile_size, self.config.vae_tile_overlap)
+        mean, logvar = tiled_encode(self.vae, x, self.vae_tile_size, self.vae_tile_overlap)
         if sample:
             mean = mean + torch.exp(0.5 * logvar) * _randn(tuple(mean.shape), generator, self.device)
         return mean * self.scaling_factor
@@ -368,7 +274,7 @@ class SDUpscalerPrior(SRPrior):
     def decode(self, latents: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
         """Scaled latents -> HR images in [0, 1] (clamped), tiled, float32."""
         z = latents.to(device=self.device, dtype=torch.float32) / self.scaling_factor
-        x = tiled_decode(self.vae, z, self.config.vae_tile_size, self.config.vae_tile_overlap)
+        x = tiled_decode(self.vae, z, self.vae_tile_size, self.vae_tile_overlap)
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def noise_lr(

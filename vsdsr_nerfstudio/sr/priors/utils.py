@@ -7,6 +7,8 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from vsdsr_nerfstudio.sr.core.objectives import cfg_combine
+
 
 class AddToOutput:
     """Forward hook that adds ``self.extra`` (when set) to a module's output: how a camera embedding is added to
@@ -81,3 +83,40 @@ def denoise_with_class_offset(
         return denoiser(x, timesteps, encoder_hidden_states=context, class_labels=labels, return_dict=False)[0]
     finally:
         hook.extra = None
+
+
+def set_schedules(prior: Any, scheduler: Any, low_res_scheduler: Any, max_noise_level: int) -> None:
+    """Set a prior's schedule attributes from its two schedulers (shared by every ``SRPrior`` implementation):
+    ``scheduler``, ``low_res_scheduler``, ``prediction_type`` (``v_prediction`` or ``epsilon``, else
+    ``ValueError``), ``alphas_cumprod`` and ``low_res_alphas_cumprod`` (float32 on ``prior.device``),
+    ``max_noise_level``."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type not in ("v_prediction", "epsilon"):
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r}.")
+    prior.scheduler = scheduler
+    prior.low_res_scheduler = low_res_scheduler
+    prior.prediction_type = prediction_type
+    prior.alphas_cumprod = scheduler.alphas_cumprod.to(device=prior.device, dtype=torch.float32)
+    prior.low_res_alphas_cumprod = low_res_scheduler.alphas_cumprod.to(device=prior.device, dtype=torch.float32)
+    prior.max_noise_level = int(max_noise_level)
+
+
+def guided_predict(
+    prior: Any, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
+) -> Tensor:
+    """``prior.predict`` (any ``SRPrior``) with text classifier-free guidance (``cfg_combine`` of
+    ``sr/core/objectives``) where the prior uses text and ``guidance_scale != 1`` (one batched call for both
+    branches); plain otherwise. The one text-guidance helper: the DDIM sampler uses it; the SR stage's
+    pretrained branch can too."""
+    if not prior.uses_text:
+        return prior.predict(z_t, t, lr_cond, noise_level)
+    embeddings = prior.text_embeddings()
+    assert embeddings is not None
+    cond, uncond = embeddings
+    batch = z_t.shape[0]
+    if guidance_scale == 1.0:
+        return prior.predict(z_t, t, lr_cond, noise_level, text=cond.expand(batch, -1, -1))
+    two = lambda x: torch.cat([x, x])
+    text = torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)])
+    pred_c, pred_u = prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level), text=text).chunk(2)
+    return cfg_combine(pred_u, pred_c, guidance_scale)
