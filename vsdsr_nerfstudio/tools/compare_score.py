@@ -47,7 +47,7 @@ def _split_files(data: Path, downscale_factor: int, sr_scale: int, llffhold: int
 
 
 def _load_stack(files: List[Path]) -> Tensor:
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8
+    from vsdsr_nerfstudio.data.images import load_rgb_uint8
 
     return torch.stack([load_rgb_uint8(path).float() / 255.0 for path in files])
 
@@ -82,9 +82,9 @@ class Scorer:
     ) -> Dict[str, Optional[float]]:
         from torchmetrics.functional import structural_similarity_index_measure
 
+        from vsdsr_nerfstudio.data.resample import area_downsample
         from vsdsr_nerfstudio.metrics.niqe import calculate_niqe
-        from vsdsr_nerfstudio.sr.priors.pixel_prior import area_downsample
-        from vsdsr_nerfstudio.tools.train_prior import psnr
+        from vsdsr_nerfstudio.metrics.psnr import psnr
 
         if render.shape != hr.shape:
             raise ValueError(f"render {tuple(render.shape)} and HR image {tuple(hr.shape)} differ in size")
@@ -112,7 +112,7 @@ def mean_metrics(views: List[Dict[str, Optional[float]]]) -> Dict[str, Optional[
 
 def bicubic_oracle(held_out: HeldOut, sr_scale: int) -> Float[Tensor, "n 3 H W"]:
     """Bicubic x ``sr_scale`` of the real LR held-out views (an oracle: it sees the test view's LR image)."""
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import bicubic_upscale
+    from vsdsr_nerfstudio.data.resample import bicubic_upscale
 
     return bicubic_upscale(held_out.lr, sr_scale)
 
@@ -158,7 +158,7 @@ def _load_renders(folder: Path, indices: List[int]) -> Optional[Tensor]:
 
 
 def _save_renders(folder: Path, indices: List[int], renders: Tensor) -> None:
-    from vsdsr_nerfstudio.tools.train_prior import save_rgb
+    from vsdsr_nerfstudio.data.images import save_rgb
 
     for i, image in zip(indices, renders, strict=True):
         save_rgb(image, folder / f"view_{i:04d}.png")

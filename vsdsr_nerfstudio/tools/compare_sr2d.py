@@ -82,7 +82,7 @@ def build_sr2d_scene(
         device: torch device for the prior (``auto``: cuda if available).
         on_view: called after each view is written (progress).
     """
-    from vsdsr_nerfstudio.tools.train_prior import load_rgb_uint8, save_rgb
+    from vsdsr_nerfstudio.data.images import load_rgb_uint8, save_rgb
 
     manifest = {
         "source": str(source.resolve()),
