@@ -288,3 +288,26 @@ def test_the_sr_stage_reads_the_pipeline_stage_config_object():
     stage.set_guidance_scales(3.0, 2.0)
     assert (stage.guidance_scale, stage.camera_guidance_scale) == (3.0, 2.0)
     assert stage_config.guidance_scale == 10.0 and stage_config.camera_guidance_scale == 1.0
+
+
+def test_forced_stages_are_counted_apart_and_old_checkpoints_still_resume():
+    from vsdsr_nerfstudio.pipeline.runtime import SRSchedule
+
+    schedule = SRSchedule(stage_steps=[20, 30])
+    assert schedule.next_due(19) is None and schedule.next_due(20) == 20
+    schedule.record_stage(20, scheduled=True)
+    schedule.record_stage(25, scheduled=False)  # "Upscale now"
+    assert (schedule.cycles_done, schedule.scheduled_done) == (2, 1)
+    assert schedule.next_due(29) is None and schedule.next_due(30) == 30  # the second configured cycle still runs
+    # a checkpoint of this release: the counters come back as saved
+    saved = schedule.state()
+    back = SRSchedule(stage_steps=[20, 30])
+    back.restore(saved["cycles_done"], saved["last_stage_step"], saved["scheduled_done"])
+    assert back.scheduled_known and back.next_due(30) == 30
+    # an older checkpoint (no scheduled_done), read before the steps are known: derived again once they are
+    old = SRSchedule()
+    old.restore(1, 20)
+    assert not old.scheduled_known and old.scheduled_done == 0
+    old.stage_steps = [20, 30]
+    old.restore(old.cycles_done, old.last_stage_step)
+    assert old.scheduled_done == 1 and old.next_due(31) == 30 and old.next_due(29) is None

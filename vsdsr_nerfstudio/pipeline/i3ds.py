@@ -300,8 +300,8 @@ class I3DSPipeline(VanillaPipeline):
         schedule, c = self.sr_schedule, self.config
         schedule.final_step = final_step
         schedule.stage_steps = upscaling_stage_steps(c.pretrain_steps, c.sync_steps, c.num_cycles, final_step)
-        # counters set from a checkpoint (set_extra_state) before the steps were known: count scheduled ones again
-        schedule.restore(schedule.cycles_done, schedule.last_stage_step)
+        if not schedule.scheduled_known:  # a checkpoint without scheduled_done, read before the steps were known
+            schedule.restore(schedule.cycles_done, schedule.last_stage_step)
         if c.sr_enabled and len(schedule.stage_steps) < c.num_cycles:
             CONSOLE.print(
                 f"[yellow]I3DS: {len(schedule.stage_steps)} of {c.num_cycles} cycles fit in the training steps "

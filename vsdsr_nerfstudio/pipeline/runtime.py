@@ -54,6 +54,9 @@ class SRSchedule:
     """Whether the schedule was set up (at the first training step, when the trainer's step is known)."""
     finished: bool = False
     """Whether training has run its last step."""
+    scheduled_known: bool = True
+    """False when ``scheduled_done`` was derived from ``last_stage_step`` (a run saved without it): derive it again
+    once ``stage_steps`` are known."""
 
     def next_due(self, step: int) -> Optional[int]:
         """The scheduled step of the stage due before ``step``, or None."""
@@ -72,6 +75,7 @@ class SRSchedule:
         """Restore the counters of a saved run. Runs saved before forced stages were told apart give no
         ``scheduled_done``: every scheduled step up to the last stage counts as run, as it did then."""
         self.cycles_done, self.last_stage_step = int(cycles_done), int(last_stage_step)
+        self.scheduled_known = scheduled_done is not None
         if scheduled_done is None:
             scheduled_done = sum(1 for s in self.stage_steps if s <= self.last_stage_step)
         self.scheduled_done = int(scheduled_done)
