@@ -96,8 +96,11 @@ class SRModels:
     they were built with (the scene name in front of the configured prompt; the configs are not written to)."""
 
     prior: Any = None
+    """The x4 diffusion prior (an :class:`~vsdsr_nerfstudio.sr.priors.base.SRPrior`), loaded at the first stage."""
     stage: Any = None
+    """The run's :class:`~vsdsr_nerfstudio.sr.core.stage.SRStage`, built with the prior."""
     prompt: Optional[str] = None
+    """The prompt the prior was built with: the scene name in front of the configured prompt."""
     pending_stage_state: Optional[Dict[str, Any]] = None
     """An SR stage state restored from a stage file, loaded into the stage when it is built."""
 
