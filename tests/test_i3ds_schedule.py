@@ -271,7 +271,7 @@ def _tiny_stage():
     from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
     from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
-    config = SRStageConfig(guidance="vsd", batch_size=1, patch_size=8, lora_every=1000)
+    config = SRStageConfig(guidance="vsd", batch_size=1, patch_size=8)
     return config.setup(prior=SRPriorConfig(prior="tiny").setup(device="cpu"))
 
 
