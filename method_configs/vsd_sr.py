@@ -16,13 +16,13 @@ from typing import Tuple
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
 from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
 from vsdsr_nerfstudio.pipeline.datamanager import SRDataManagerConfig
 from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipelineConfig
+from vsdsr_nerfstudio.pipeline.trainer import SRTrainerConfig
 from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
@@ -44,10 +44,10 @@ def i3ds_steps(pretrain: int, sync: int, cycles: int) -> int:
     return pretrain + cycles * sync
 
 
-def vsd_sr_config() -> TrainerConfig:
+def vsd_sr_config() -> SRTrainerConfig:
     """The default `vsd-sr` trainer config."""
     pretrain, upscale, sync, cycles = 2000, 1000, 2000, 4
-    return TrainerConfig(
+    return SRTrainerConfig(
         method_name="vsd-sr",
         steps_per_eval_batch=500,
         steps_per_eval_image=2000,

@@ -18,7 +18,6 @@ from __future__ import annotations
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from vsdsr_nerfstudio.data.llff_dataparser import LLFFDataParserConfig
@@ -26,6 +25,7 @@ from vsdsr_nerfstudio.method_configs.vsd_sr import i3ds_steps
 from vsdsr_nerfstudio.models.splatfacto import VsdSrSplatModelConfig
 from vsdsr_nerfstudio.pipeline.full_image_datamanager import SRFullImageDataManagerConfig
 from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipelineConfig
+from vsdsr_nerfstudio.pipeline.trainer import SRTrainerConfig
 from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
@@ -49,11 +49,11 @@ def splat_optimizers(max_steps: int) -> dict:
     }
 
 
-def vsd_sr_splat_config() -> TrainerConfig:
+def vsd_sr_splat_config() -> SRTrainerConfig:
     """The `vsd-sr-splat` trainer config."""
     pretrain, upscale, sync, cycles = 2000, 1000, 1000, 4
     steps = i3ds_steps(pretrain, sync, cycles)
-    return TrainerConfig(
+    return SRTrainerConfig(
         method_name="vsd-sr-splat",
         steps_per_eval_batch=0,
         steps_per_eval_image=500,

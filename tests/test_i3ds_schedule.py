@@ -60,12 +60,12 @@ def test_viewer_frustums_show_the_rewritten_views():
         config=SimpleNamespace(camera_frustum_scale=0.1),
     )
     fake = SimpleNamespace(
-        sr=SimpleNamespace(trainer=SimpleNamespace(viewer_state=viewer)),
+        _trainer=SimpleNamespace(viewer_state=viewer),
         datamanager=SimpleNamespace(train_dataset=SimpleNamespace(cameras=cameras)),
     )
     images = torch.zeros(2, 3, 96, 128)
     images[1] = 1.0
-    I3DSPipeline._refresh_viewer_frustums(fake, images)
+    I3DSPipeline._hand_views_to_viewer(fake, images)
     assert [c["name"] for c in calls] == ["/cameras/camera_00000", "/cameras/camera_00001"]
     assert calls[1]["image"].shape == (100, 133, 3) and calls[1]["image"].min() == 255
     assert calls[0]["image"].max() == 0
@@ -126,7 +126,7 @@ def test_viewer_gets_the_train_lock_between_chunks_of_a_stage():
     def run_stage(viewer_state):
         lock = threading.Lock()
         trainer = SimpleNamespace(train_lock=lock, viewer_state=viewer_state)
-        fake = SimpleNamespace(sr=SimpleNamespace(trainer=trainer))
+        fake = SimpleNamespace(_trainer=trainer)
         renders, stop = [], threading.Event()
 
         def viewer_thread():
@@ -166,16 +166,19 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
         def begin(self, *args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
+    from vsdsr_nerfstudio.pipeline.runtime import PhaseTimer, SRModels, SRSchedule
+
     cameras = SimpleNamespace(camera_to_worlds=torch.eye(4)[:3].repeat(2, 1, 1))
     fake = SimpleNamespace(
-        sr=SimpleNamespace(cycles_done=1, stage=OOMStage()),
+        sr_schedule=SRSchedule(cycles_done=1),
+        sr_models=SRModels(stage=OOMStage()),
+        sr_phases=PhaseTimer(),
         config=SimpleNamespace(upscale_steps=5, steps_per_chunk=1),
         datamanager=SimpleNamespace(
             num_train_views=2, lr_images_chw=lambda: torch.zeros(2, 3, 4, 4), hr_cameras=lambda: cameras
         ),
-        _end_phase=lambda step: None,
-        _start_phase=lambda name, step: None,
-        _set_status=lambda status: None,
+        _run_dir=lambda: None,
+        _show=lambda *args, **kwargs: None,
         _load_prior=lambda: None,
         render_train_views_hr=lambda: torch.zeros(2, 3, 16, 16),
     )
@@ -195,34 +198,57 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
     assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
 
 
-def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
-    """The viewer's button forces a stage at the next step (even off-schedule or paused), the checkbox pauses due
-    stages, and the sliders write the CFG scales into the stage config the SR stage reads at every step."""
+def _controls_fake(stage_steps, final_step=1000):
+    """An object with the pipeline's run-time state and a stand-in stage runner, for driving the viewer controls."""
     from types import SimpleNamespace
 
     from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipeline
+    from vsdsr_nerfstudio.pipeline.runtime import SRControls, SRModels, SRSchedule
     from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
 
-    stages = []
     config = SimpleNamespace(sr_enabled=True, stage=SRStageConfig())
+    notes, stages = [], []
+    panel = SimpleNamespace(
+        c3_text_cfg=SimpleNamespace(value=config.stage.guidance_scale),
+        c4_camera_cfg=SimpleNamespace(value=config.stage.camera_guidance_scale),
+        show=lambda **kwargs: notes.append(kwargs),
+        training_finished=lambda: notes.append({"finished": True}),
+    )
     fake = SimpleNamespace(
         config=config,
-        sr=SimpleNamespace(schedule_ready=True, stage_steps=[100], last_stage_step=-1, force_stage=False),
-        viewer_guidance=SimpleNamespace(value=4.5),
-        viewer_camera_guidance=SimpleNamespace(value=7.0),
+        sr_schedule=SRSchedule(stage_steps=list(stage_steps), ready=True, final_step=final_step),
+        sr_controls=SRControls(config.sr_enabled, config.stage.guidance_scale, config.stage.camera_guidance_scale),
+        sr_models=SRModels(),
+        sr_panel=panel,
+        _held_stage_step=None,
+        stages=stages,
+        notes=notes,
     )
+    fake._note = lambda message: I3DSPipeline._note(fake, message)
 
-    def run_upscaling_stage(step):
+    def run_upscaling_stage(step, scheduled=True):
         stages.append(step)
-        fake.sr.last_stage_step = step
+        fake.sr_schedule.record_stage(step, scheduled)
 
     fake.run_upscaling_stage = run_upscaling_stage
+    return fake
+
+
+def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
+    """The viewer's button forces a stage at the next step (even off-schedule or paused), the checkbox pauses due
+    stages, and the sliders set the CFG scales the SR stage reads (through the run-time controls, not the config)."""
+    from types import SimpleNamespace
+
+    from vsdsr_nerfstudio.pipeline.i3ds import I3DSPipeline
+
+    fake = _controls_fake([100])
+    config, stages = fake.config, fake.stages
     step_fn = I3DSPipeline._before_train_iteration
 
     step_fn(fake, 50)
     assert stages == []  # nothing due
     I3DSPipeline._on_pause(fake, SimpleNamespace(value=True))
-    assert config.sr_enabled is False
+    assert fake.sr_controls.sr_enabled is False and config.sr_enabled is True  # the config keeps what was set
     step_fn(fake, 100)
     assert stages == []  # due, but paused
     I3DSPipeline._on_pause(fake, SimpleNamespace(value=False))
@@ -232,21 +258,61 @@ def test_viewer_controls_upscale_now_pause_and_guidance_sliders():
     assert stages == [101]  # once
     I3DSPipeline._on_upscale_now(fake, None)
     step_fn(fake, 150)
-    assert stages == [101, 150] and fake.sr.force_stage is False  # forced off-schedule, once
+    assert stages == [101, 150] and fake.sr_controls.upscale_requested is False  # forced off-schedule, once
     I3DSPipeline._on_pause(fake, SimpleNamespace(value=True))
     I3DSPipeline._on_upscale_now(fake, None)
     step_fn(fake, 160)
     assert stages == [101, 150, 160]  # the button works while paused
 
+    fake.sr_panel.c3_text_cfg.value, fake.sr_panel.c4_camera_cfg.value = 4.5, 7.0
     I3DSPipeline._on_guidance(fake, None)
-    assert config.stage.guidance_scale == 4.5 and config.stage.camera_guidance_scale == 7.0
+    assert config.stage.guidance_scale == 10.0, "the slider must not write the config"
+    stage = _tiny_stage()
+    fake.sr_controls.apply_guidance(stage)
+    assert stage.guidance_scale == 4.5 and stage.camera_guidance_scale == 7.0  # what the stage reads at every step
+
+
+def _tiny_stage():
+    from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
+    from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
+
+    config = SRStageConfig(guidance="vsd", batch_size=1, patch_size=8)
+    return config.setup(prior=SRPriorConfig(prior="tiny").setup(device="cpu"))
 
 
 def test_the_sr_stage_reads_the_pipeline_stage_config_object():
-    """The sliders write ``pipeline.config.stage``; the stage must hold that very object, not a copy."""
+    """The stage is built from ``pipeline.config.stage`` itself (not a copy); the CFG scales it uses start at the
+    config's and change only through its setter (the viewer's sliders), leaving the config as set."""
     from vsdsr_nerfstudio.sr.core.stage import SRStageConfig
     from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig
 
     stage_config = SRStageConfig(guidance="sds", batch_size=1, patch_size=8)
     stage = stage_config.setup(prior=SRPriorConfig(prior="tiny").setup(device="cpu"))
     assert stage.config is stage_config
+    assert (stage.guidance_scale, stage.camera_guidance_scale) == (10.0, 1.0)
+    stage.set_guidance_scales(3.0, 2.0)
+    assert (stage.guidance_scale, stage.camera_guidance_scale) == (3.0, 2.0)
+    assert stage_config.guidance_scale == 10.0 and stage_config.camera_guidance_scale == 1.0
+
+
+def test_forced_stages_are_counted_apart_and_old_checkpoints_still_resume():
+    from vsdsr_nerfstudio.pipeline.runtime import SRSchedule
+
+    schedule = SRSchedule(stage_steps=[20, 30])
+    assert schedule.next_due(19) is None and schedule.next_due(20) == 20
+    schedule.record_stage(20, scheduled=True)
+    schedule.record_stage(25, scheduled=False)  # "Upscale now"
+    assert (schedule.cycles_done, schedule.scheduled_done) == (2, 1)
+    assert schedule.next_due(29) is None and schedule.next_due(30) == 30  # the second configured cycle still runs
+    # a checkpoint of this release: the counters come back as saved
+    saved = schedule.state()
+    back = SRSchedule(stage_steps=[20, 30])
+    back.restore(saved["cycles_done"], saved["last_stage_step"], saved["scheduled_done"])
+    assert back.scheduled_known and back.next_due(30) == 30
+    # an older checkpoint (no scheduled_done), read before the steps are known: derived again once they are
+    old = SRSchedule()
+    old.restore(1, 20)
+    assert not old.scheduled_known and old.scheduled_done == 0
+    old.stage_steps = [20, 30]
+    old.restore(old.cycles_done, old.last_stage_step)
+    assert old.scheduled_done == 1 and old.next_due(31) == 30 and old.next_due(29) is None

@@ -6,6 +6,7 @@ import ast
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Dict
 
@@ -576,3 +577,35 @@ def test_fern_standard_x4_protocol_uses_user_cache(user_cache):
     psnr = 10 * np.log10(255.0**2 / np.mean((ours - shipped) ** 2))
     assert psnr > 40
     assert os.access(test.image_filenames[0], os.R_OK)
+
+
+def test_wrong_size_original_is_not_answered_with_rebuild_advice(scene):
+    """images/ holds the photos themselves: nothing can rebuild them by area downsampling."""
+    shutil.rmtree(scene / "images_4")  # so that the test split reads images/ directly, and images_4 is not built
+    Image.open(scene / "images" / "img_004.png").resize((255, 192)).save(scene / "images" / "img_004.png")
+    before = {name: folder_digest(scene / name) for name in ("images",)}
+    with pytest.raises(LLFFDataError) as info:
+        parse(scene, "test", downscale_factor=4, sr_scale=4)
+    message = str(info.value)
+    assert "img_004.png is 255x192" in message and "original photos" in message
+    assert "cannot be rebuilt" in message and "rebuilt by area downsampling" not in message
+    assert {name: folder_digest(scene / name) for name in ("images",)} == before
+    assert sorted(p.name for p in scene.iterdir()) == ["images", "poses_bounds.npy", "synthetic_gt.npz"]
+
+
+def test_missing_original_is_not_answered_with_rebuild_advice(scene):
+    (scene / "images" / "img_004.png").unlink()
+    with pytest.raises(LLFFDataError) as info:
+        parse(scene, "test", downscale_factor=4, sr_scale=4)
+    assert "holds 9 images" in str(info.value) and "rebuilt" not in str(info.value)
+
+
+def test_built_cache_folders_follow_the_umask(scene):
+    old = os.umask(0o022)
+    try:
+        parse(scene, "train", downscale_factor=8, sr_scale=4)  # builds images_8/
+        parse(scene, "test", downscale_factor=8, sr_scale=4)  # builds images_2/
+    finally:
+        os.umask(old)
+    for name in ("images_8", "images_2"):
+        assert stat.S_IMODE((scene / name).stat().st_mode) == 0o755, name

@@ -85,3 +85,61 @@ def test_lr_originals_are_in_camera_order(scene):
     for i in range(dm.num_train_views):
         expected = dataset.get_image_float32(i).permute(2, 0, 1)
         assert torch.allclose(lr[i], expected[:3]), f"LR original {i} is not the image of camera {i}"
+
+
+def _digest(folder):
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mode, hashlib.sha1(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("bad", [0, -4])
+def test_sr_scale_below_one_is_named_without_suggesting_it_for_the_parser(scene, bad):
+    before = _digest(scene)
+    with pytest.raises(DataScaleError) as info:
+        _datamanager(scene, sr_scale=bad)
+    message = str(info.value)
+    assert "--pipeline.datamanager.sr-scale must be an integer >= 1" in message and repr(bad) in message
+    assert f"--sr-scale {bad}" not in message  # never advise the bad value for llff-data too
+    assert _digest(scene) == before
+
+
+def test_train_views_render_at_hr_when_loaded_for_inference(scene):
+    """Training keeps the LR train cameras (rays match the LR images until the first write); ns-eval/ns-render
+    load the datamanager in "test"/"inference" mode, where train cameras are at sr_scale x, like the eval views."""
+    train = _datamanager(scene)
+    assert int(train.train_dataset.cameras.width[0]) == 16 and int(train.train_dataset.cameras.height[0]) == 12
+    for mode in ("test", "inference"):
+        config = SRDataManagerConfig(
+            dataparser=LLFFDataParserConfig(data=scene, downscale_factor=4, sr_scale=4, llffhold=3),
+            sr_scale=4,
+            train_num_rays_per_batch=64,
+            eval_num_rays_per_batch=64,
+        )
+        dm = config.setup(device="cpu", test_mode=mode)
+        cams = dm.train_dataset.cameras
+        assert (int(cams.width[0]), int(cams.height[0])) == (64, 48), mode
+        eval_cams = dm.eval_dataset.cameras
+        assert (int(eval_cams.width[0]), int(eval_cams.height[0])) == (64, 48), mode
+        assert torch.allclose(cams.fx, train.train_dataset.cameras.fx * 4)
+        if mode == "test":  # set up for evaluation: the SR bookkeeping still starts from the LR cameras (4x, not 16x)
+            assert int(dm.hr_cameras().width[0]) == 64 and dm.lr_size == (12, 16)
+
+
+@pytest.mark.parametrize("factor", [0.25, 1.0, 2.0])
+def test_render_dataset_downscale_factor_says_how_to_get_the_size(scene, factor):
+    """`ns-render dataset --downscale-factor X` sets the parser's downscale_factor to the float X."""
+    before = _digest(scene)
+    config = SRDataManagerConfig(
+        dataparser=LLFFDataParserConfig(data=scene, downscale_factor=factor, sr_scale=4, llffhold=3), sr_scale=4
+    )
+    with pytest.raises(DataScaleError) as info:
+        config.setup(device="cpu", test_mode="inference")
+    message = str(info.value)
+    assert f"--downscale-factor {factor:g}" in message
+    assert "leave --downscale-factor out for HR stills" in message and "ns-render interpolate" in message
+    assert _digest(scene) == before

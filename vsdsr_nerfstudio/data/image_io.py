@@ -276,20 +276,27 @@ def validate_folder(
         ImageFolderError: naming the folder or the first offending file.
     """
     files = list_images(folder)
+    originals = folder.name == folder_name(1)  # the photos themselves: nothing can rebuild them
     if len(files) != num_images:
+        rebuild = "" if originals else " (or delete the folder so it is rebuilt from a higher-resolution one)"
         raise ImageFolderError(
             f"Image folder {folder} holds {len(files)} images but there are {num_images} {count_source}. "
             f"Each view needs exactly one image (extensions {', '.join(IMAGE_EXTENSIONS)}, sorted by name); "
-            f"add the missing images or remove the extra ones (or delete the folder so it is rebuilt from a "
-            f"higher-resolution one)."
+            f"add the missing images or remove the extra ones{rebuild}."
         )
     for path in files:
         hw = read_image_size(path)
         if hw != tuple(expected_hw):
+            size = f"Image {path} is {hw[1]}x{hw[0]} (W x H) but {expected_hw[1]}x{expected_hw[0]} was expected for"
+            if originals:
+                raise ImageFolderError(
+                    f"{size} the original photos in {folder.name}/ (the H, W that poses_bounds.npy records). "
+                    f"Originals cannot be rebuilt: put the original photo of this view back (the one the poses were "
+                    f"computed from), or re-create poses_bounds.npy from these photos."
+                )
             raise ImageFolderError(
-                f"Image {path} is {hw[1]}x{hw[0]} (W x H) but {expected_hw[1]}x{expected_hw[0]} was expected for "
-                f"{folder.name}/ (the full-resolution size from poses_bounds.npy divided by the folder's factor). "
-                f"Re-export the folder at that size, or delete it so it is rebuilt by area downsampling."
+                f"{size} {folder.name}/ (the full-resolution size from poses_bounds.npy divided by the folder's "
+                f"factor). Re-export the folder at that size, or delete it so it is rebuilt by area downsampling."
             )
     return files
 
@@ -361,7 +368,9 @@ def build_downsampled_folder(
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     sibling = source_dir.parent.resolve() == target.parent.resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # mkdir (not tempfile.mkdtemp, which makes it 0700): the cache gets the user's umask like any other folder
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         workers = max(1, min(8, os.cpu_count() or 1))
         with Progress(

@@ -193,10 +193,51 @@ class HRBufferMixin:
         self._written = state["written"].clone()
 
 
+def check_sr_scale(sr_scale: object) -> None:
+    """``--pipeline.datamanager.sr-scale`` must be a whole factor >= 1."""
+    if isinstance(sr_scale, bool) or not isinstance(sr_scale, int) or sr_scale < 1:
+        raise DataScaleError(
+            f"--pipeline.datamanager.sr-scale must be an integer >= 1 (the super-resolution factor: 4 for the x4 "
+            f"prior), got {sr_scale!r}. Keep it equal to the data parser's --sr-scale (llff-data --sr-scale)."
+        )
+
+
+def check_render_downscale(config: Any) -> None:
+    """``ns-render dataset --downscale-factor X`` writes X into the data parser's ``downscale_factor`` (a float;
+    the trained value is an int), which for llff-data would choose other image files, not a render size: stop
+    and say how to get the size wanted."""
+    value = getattr(config.dataparser, "downscale_factor", None)
+    if not isinstance(value, float):
+        return
+    raise DataScaleError(
+        f"`ns-render dataset --downscale-factor {value:g}` is not supported for vsd-sr runs: for llff-data it would "
+        f"select other image files (images_<k>/), not a render size. ns-render dataset renders every split "
+        f"(--split train, test or train+test) at sr_scale x the training resolution ({config.sr_scale}x, the "
+        f"held-out HR size): leave --downscale-factor out for HR stills. For stills at another size render the "
+        f"views with `ns-render interpolate --pose-source train (or eval) --interpolation-steps 1 "
+        f"--downscale-factor {value:g} --output-format images` (--downscale-factor relative to the HR size; "
+        f"every view but the last of each split), or resize the HR stills."
+    )
+
+
 class SRDataManager(HRBufferMixin, VanillaDataManager):
     """A VanillaDataManager whose training images can be replaced by 4x super-resolved versions."""
 
     config: SRDataManagerConfig
+
+    def __init__(self, config: SRDataManagerConfig, *args, **kwargs) -> None:
+        check_sr_scale(config.sr_scale)  # before any data is read
+        check_render_downscale(config)
+        super().__init__(config, *args, **kwargs)
+
+    def create_train_dataset(self):
+        """The train views; loaded for inference (ns-eval, ns-render, ns-viewer: any test mode but "val") their
+        cameras render at ``sr_scale`` x the training size, the HR size of a vsd-sr run, like the eval views."""
+        dataset = super().create_train_dataset()
+        self._lr_train_cameras: Cameras = copy.deepcopy(dataset.cameras)
+        if self.test_mode != "val":
+            dataset.cameras.rescale_output_resolution(float(self.config.sr_scale))
+        return dataset
 
     def setup_train(self) -> None:
         super().setup_train()
@@ -209,7 +250,7 @@ class SRDataManager(HRBufferMixin, VanillaDataManager):
         # dataset order, so view i is camera i everywhere (LR conditioning, HR buffer, renders, c2w).
         order = torch.argsort(batch["image_idx"].detach().cpu())
         # float32 on CPU, (N, h, w, 3) in [0, 1]; never written to after this point.
-        self._init_hr_buffer(batch["image"].detach()[order], self.train_dataset.cameras)
+        self._init_hr_buffer(batch["image"].detach()[order], self._lr_train_cameras)
 
     @property
     def train_cameras(self) -> Cameras:

@@ -31,6 +31,7 @@ optional hooks, each looked up with a guard so that a model without it works:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,25 +45,49 @@ from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerNumber, ViewerSlider, ViewerText
 from torch import Tensor
 
 from vsdsr_nerfstudio.models.nerfacto import VsdSrModelConfig
 from vsdsr_nerfstudio.pipeline.datamanager import SRDataManager, SRDataManagerConfig
+from vsdsr_nerfstudio.pipeline.runtime import (
+    OOM_FIELDS,
+    PhaseTimer,
+    SRControls,
+    SRModels,
+    SRSchedule,
+    cudnn_benchmark_off,
+    oom_advice,
+    timed,
+)
 from vsdsr_nerfstudio.pipeline.state import (
     adopt_stage_file,
     latest_stage_file,
     load_stage_state,
-    save_json_atomic,
     save_stage_state,
 )
+from vsdsr_nerfstudio.pipeline.trainer import guard_eval_checkpoint_listing
+from vsdsr_nerfstudio.pipeline.viewer import PANEL_FOLDER, SRViewerPanel, refresh_frustums
 from vsdsr_nerfstudio.sr.core.stage import SRStageConfig, pixel_prior_vsd_problem
 from vsdsr_nerfstudio.sr.priors.config import SRPriorConfig, check_prior_source
 
-OOM_FIELDS = (
-    "--pipeline.stage.batch-size, --pipeline.stage.patch-size, --pipeline.prior.vae-tile-size and "
-    "--pipeline.model.eval-num-rays-per-chunk"
-)
+__all__ = ["OOM_FIELDS", "I3DSPipeline", "I3DSPipelineConfig", "upscaling_stage_steps"]
+
+
+class GPURequiredError(RuntimeError):
+    """The run is configured for a CUDA GPU and torch finds none."""
+
+
+def check_cuda_device(device: Union[str, torch.device]) -> None:
+    """Stop with what to do, before any data is loaded, when ``device`` is CUDA and torch sees no CUDA GPU (the
+    default presets train on ``cuda``; torch would otherwise fail deep inside with "Found no NVIDIA driver")."""
+    if torch.device(device).type != "cuda" or torch.cuda.is_available():
+        return
+    raise GPURequiredError(
+        f"This preset trains on a CUDA GPU (--machine.device-type cuda, device {device}) and torch finds none "
+        f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}). For a smoke run without a GPU use "
+        "`ns-train vsd-sr-tiny` (the CPU-sized preset, minutes); `--machine.device-type cpu` runs this preset on "
+        "the CPU, far too slowly for a real scene."
+    )
 
 
 def check_model_runtime(model_config: Any, device: Union[str, torch.device]) -> None:
@@ -156,32 +181,12 @@ class I3DSPipelineConfig(VanillaPipelineConfig):
     """Run upscaling stages (False: train the LR NeRF only; the viewer checkbox toggles this while training)."""
 
 
-@dataclass
-class _SRRuntime:
-    """What the pipeline holds for SR outside the nn.Module tree (so outside state_dict and checkpoints)."""
-
-    prior: Any = None
-    stage: Any = None
-    trainer: Any = None
-    stage_steps: List[int] = field(default_factory=list)
-    cycles_done: int = 0
-    last_stage_step: int = -1
-    stage_file: str = ""
-    resumed: bool = False
-    pending_stage_state: Optional[Dict[str, Any]] = None
-    schedule_ready: bool = False
-    force_stage: bool = False
-    status: str = "pretraining (LR)"
-    timings: Dict[str, float] = field(default_factory=dict)
-    phase_name: str = "pretrain"
-    phase_start: float = 0.0
-    phase_start_step: int = 0
-    phases: List[Dict[str, Any]] = field(default_factory=list)
-    final_step: int = 0
-
-
 class I3DSPipeline(VanillaPipeline):
-    """VanillaPipeline plus the I3DS schedule, run from training callbacks."""
+    """VanillaPipeline plus the I3DS schedule, run from training callbacks.
+
+    Run-time state, one object per concern (see :mod:`vsdsr_nerfstudio.pipeline.runtime`): ``sr_schedule``
+    (stages planned and run), ``sr_models`` (prior, SR stage, prompt), ``sr_controls`` (what the viewer sets),
+    ``sr_phases`` (phase timing); the viewer panel is the ``Super-resolution`` attribute (:attr:`sr_panel`)."""
 
     config: I3DSPipelineConfig
     datamanager: SRDataManager
@@ -195,61 +200,82 @@ class I3DSPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[torch.cuda.amp.GradScaler] = None,
     ):
+        check_cuda_device(device)
         check_model_runtime(config.model, device)  # before the data: e.g. Instant-NGP without CUDA stops here
         warn_unstable_stage_settings(config)
+        if test_mode != "val":  # built by ns-eval / ns-render / ns-viewer (eval_setup)
+            guard_eval_checkpoint_listing()
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.sr = _SRRuntime()
-        self._build_viewer_elements()
+        self._trainer: Any = None
+        self._held_stage_step: Optional[int] = None
+        self.sr_schedule = SRSchedule()
+        self.sr_models = SRModels()
+        stage = config.stage
+        self.sr_controls = SRControls(config.sr_enabled, stage.guidance_scale, stage.camera_guidance_scale)
+        self.sr_phases = PhaseTimer()
+        panel = SRViewerPanel(
+            paused=not config.sr_enabled,
+            guidance_scale=config.stage.guidance_scale,
+            camera_guidance_scale=config.stage.camera_guidance_scale,
+            on_pause=self._on_pause,
+            on_upscale_now=self._on_upscale_now,
+            on_guidance=self._on_guidance,
+        )
+        setattr(self, PANEL_FOLDER, panel)  # the attribute name is the viewer's folder name
+
+    @property
+    def sr_panel(self) -> SRViewerPanel:
+        """The SR controls and status in the viewer."""
+        return getattr(self, PANEL_FOLDER)
 
     # ------------------------------------------------------------------------------------------- viewer
-    def _build_viewer_elements(self) -> None:
-        self.viewer_sr_status = ViewerText("SR status", self.sr.status, disabled=True)
-        self.viewer_sr_cycle = ViewerNumber("SR cycles done", 0, disabled=True)
-        self.viewer_upscale_now = ViewerButton("Upscale now", cb_hook=self._on_upscale_now)
-        self.viewer_sr_paused = ViewerCheckbox("Pause SR", not self.config.sr_enabled, cb_hook=self._on_pause)
-        self.viewer_guidance = ViewerSlider(
-            "Text CFG scale", self.config.stage.guidance_scale, 1.0, 30.0, 0.5, cb_hook=self._on_guidance
-        )
-        self.viewer_camera_guidance = ViewerSlider(
-            "Camera CFG scale", self.config.stage.camera_guidance_scale, 0.0, 10.0, 0.5, cb_hook=self._on_guidance
-        )
+    def _on_upscale_now(self, _element: Any) -> None:
+        if self.sr_schedule.finished:
+            self._note("Upscale now: training has finished; start a run with --load-dir to upscale again.")
+            return
+        self.sr_controls.request_upscale()
+        self._note("Upscale now: an extra stage runs before the next step.")
 
-    def _on_upscale_now(self, _element: ViewerButton) -> None:
-        self.sr.force_stage = True
+    def _on_pause(self, element: Any) -> None:
+        self.sr_controls.set_paused(bool(element.value))
+        self._note("SR paused: due stages wait." if element.value else "SR resumed.")
 
-    def _on_pause(self, element: ViewerCheckbox) -> None:
-        self.config.sr_enabled = not element.value
+    def _on_guidance(self, _element: Any) -> None:
+        panel = self.sr_panel
+        self.sr_controls.set_guidance(text=panel.c3_text_cfg.value, camera=panel.c4_camera_cfg.value)
+        stage_running = self.sr_models.stage is not None and getattr(self.sr_models.stage, "active", False)
+        when = "at the next chunk of this stage" if stage_running else "at the next stage"
+        controls = self.sr_controls
+        self._note(f"CFG text {controls.guidance_scale:g}, camera {controls.camera_guidance_scale:g} {when}")
 
-    def _on_guidance(self, _element: ViewerSlider) -> None:
-        self.config.stage.guidance_scale = float(self.viewer_guidance.value)
-        self.config.stage.camera_guidance_scale = float(self.viewer_camera_guidance.value)
+    def _note(self, message: str) -> None:
+        """An event worth telling the user: on the console and in the panel's "Last event" field."""
+        CONSOLE.print(f"[bold]I3DS:[/bold] {message}")
+        self.sr_panel.show(event=message)
 
-    def _set_status(self, status: str) -> None:
-        self.sr.status = status
-        for element, value in ((self.viewer_sr_status, status), (self.viewer_sr_cycle, self.sr.cycles_done)):
-            if element.gui_handle is not None:
-                element.value = value
+    def _show(self, phase: Optional[str] = None, progress: str = "") -> None:
+        self.sr_panel.show(phase=phase, progress=progress, cycles=self.sr_schedule.cycles_done)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def get_extra_state(self) -> Dict[str, Any]:
         """Small SR bookkeeping saved in every nerfstudio checkpoint; the large state is in ``sr_state/``."""
-        return {
-            "cycles_done": self.sr.cycles_done,
-            "last_stage_step": self.sr.last_stage_step,
-            "stage_file": self.sr.stage_file,
-        }
+        return self.sr_schedule.state()
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.sr.cycles_done = int(state.get("cycles_done", 0))
-        self.sr.last_stage_step = int(state.get("last_stage_step", -1))
-        self.sr.stage_file = str(state.get("stage_file", ""))
+        scheduled = state.get("scheduled_done")
+        self.sr_schedule.restore(
+            int(state.get("cycles_done", 0)),
+            int(state.get("last_stage_step", -1)),
+            None if scheduled is None else int(scheduled),
+        )
+        self.sr_schedule.stage_file = str(state.get("stage_file", ""))
 
     # ------------------------------------------------------------------------------------------- schedule
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(training_callback_attributes)
-        self.sr.trainer = training_callback_attributes.trainer
+        self._trainer = training_callback_attributes.trainer
         callbacks.append(
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_train_iteration)
         )
@@ -258,61 +284,44 @@ class I3DSPipeline(VanillaPipeline):
         )
         return callbacks
 
-    # ------------------------------------------------------------------------------------------- phase timing
-    def _start_phase(self, name: str, step: int) -> None:
-        self.sr.phase_name, self.sr.phase_start, self.sr.phase_start_step = name, time.perf_counter(), step
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-
-    def _end_phase(self, step: int) -> None:
-        """Record the phase that ends before NeRF step ``step`` (wall time, NeRF steps, peak GPU memory) and
-        write all phases so far to ``<run>/sr_state/phase_times.json``."""
-        seconds = time.perf_counter() - self.sr.phase_start
-        entry: Dict[str, Any] = {
-            "phase": self.sr.phase_name,
-            "seconds": round(seconds, 3),
-            "nerf_steps": step - self.sr.phase_start_step,
-        }
-        if torch.cuda.is_available():
-            entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        self.sr.phases.append(entry)
-        CONSOLE.print(f"I3DS phase {entry}")
-        run_dir = self._run_dir()
-        if run_dir is not None:
-            save_json_atomic(run_dir / "sr_state" / "phase_times.json", self.sr.phases)
+    def _run_dir(self) -> Optional[Path]:
+        return None if self._trainer is None else Path(self._trainer.base_dir)
 
     def _after_train_iteration(self, step: int) -> None:
-        if step + 1 == self.sr.final_step:
-            self._end_phase(step + 1)
-
-    def _run_dir(self) -> Optional[Path]:
-        trainer = self.sr.trainer
-        return None if trainer is None else Path(trainer.base_dir)
+        if step + 1 == self.sr_schedule.final_step:
+            self.sr_phases.end(step + 1, self._run_dir())
+            self.sr_schedule.finished = True
+            self.sr_panel.training_finished()
+            self._show("training finished", f"{self.sr_schedule.cycles_done} stage(s) run")
 
     def _init_schedule(self, step: int) -> None:
-        trainer = self.sr.trainer
+        trainer = self._trainer
         final_step = step + (trainer.config.max_num_iterations if trainer is not None else 0)
-        self.sr.final_step = final_step
-        c = self.config
-        self.sr.stage_steps = upscaling_stage_steps(c.pretrain_steps, c.sync_steps, c.num_cycles, final_step)
-        if c.sr_enabled and len(self.sr.stage_steps) < c.num_cycles:
+        schedule, c = self.sr_schedule, self.config
+        schedule.final_step = final_step
+        schedule.stage_steps = upscaling_stage_steps(c.pretrain_steps, c.sync_steps, c.num_cycles, final_step)
+        if not schedule.scheduled_known:  # a checkpoint without scheduled_done, read before the steps were known
+            schedule.restore(schedule.cycles_done, schedule.last_stage_step)
+        if c.sr_enabled and len(schedule.stage_steps) < c.num_cycles:
             CONSOLE.print(
-                f"[yellow]I3DS: {len(self.sr.stage_steps)} of {c.num_cycles} cycles fit in the training steps "
+                f"[yellow]I3DS: {len(schedule.stage_steps)} of {c.num_cycles} cycles fit in the training steps "
                 f"(P={c.pretrain_steps}, S={c.sync_steps}, until step {final_step}); raise --max-num-iterations to "
                 f"{c.pretrain_steps + c.num_cycles * c.sync_steps} for all of them.[/yellow]"
             )
-        if c.sr_enabled and self.sr.stage_steps:
+        if c.sr_enabled and schedule.stage_steps:
             # an unused prior option, a missing or incomplete local prior folder, or uncached weights with downloads
             # off fail now, not after P steps
             note = check_prior_source(c.prior)
             if note:
                 CONSOLE.print(f"[bold yellow]Warning:[/bold yellow] {note}")
         self._restore_sr_state()
-        self._start_phase("pretrain" if self.sr.last_stage_step < 0 else f"sync {self.sr.cycles_done}", step)
+        resumed = schedule.last_stage_step >= 0
+        self.sr_phases.start(f"sync {schedule.cycles_done}" if resumed else "pretrain", step)
+        self._show(f"sync {schedule.cycles_done}" if resumed else "pretraining (LR)")
 
     def _restore_sr_state(self) -> None:
         """On ``--load-dir``/``--load-checkpoint``: restore the newest complete upscaling stage of that run."""
-        trainer = self.sr.trainer
+        trainer = self._trainer
         if trainer is None:
             return
         load_dir = trainer.config.load_dir or (
@@ -320,55 +329,62 @@ class I3DSPipeline(VanillaPipeline):
         )
         if load_dir is None:
             return
+        schedule = self.sr_schedule
         path = latest_stage_file(Path(load_dir).parent)
-        if path is None and self.sr.stage_file and Path(self.sr.stage_file).is_file():
-            path = Path(self.sr.stage_file)
+        if path is None and schedule.stage_file and Path(schedule.stage_file).is_file():
+            path = Path(schedule.stage_file)
         if path is None:
             return
         state = load_stage_state(path)
         self.datamanager.load_hr_state({"hr_images": state["hr_images"], "written": state["written"]})
-        self.sr.cycles_done = int(state["cycle"])
-        self.sr.last_stage_step = int(state["step"])
-        self.sr.pending_stage_state = state.get("sr_stage") or None
+        scheduled = state.get("scheduled_done")
+        schedule.restore(int(state["cycle"]), int(state["step"]), None if scheduled is None else int(scheduled))
+        self.sr_models.pending_stage_state = state.get("sr_stage") or None
         _set_rng_state(state.get("rng", {}))
         run_dir = self._run_dir()
-        self.sr.stage_file = str(adopt_stage_file(path, run_dir) if run_dir is not None else path)
-        self.sr.resumed = True
+        schedule.stage_file = str(adopt_stage_file(path, run_dir) if run_dir is not None else path)
         CONSOLE.print(
-            f"[bold green]Resumed SR state from {path}:[/bold green] {self.sr.cycles_done} upscaling stage(s) done "
-            f"(last before step {self.sr.last_stage_step}); training continues on the HR images."
+            f"[bold green]Resumed SR state from {path}:[/bold green] {schedule.cycles_done} upscaling stage(s) done "
+            f"(last before step {schedule.last_stage_step}); training continues on the HR images."
         )
-        self._set_status(f"sync after stage {self.sr.cycles_done}")
 
     def _before_train_iteration(self, step: int) -> None:
-        if not self.sr.schedule_ready:
-            self.sr.schedule_ready = True
+        schedule = self.sr_schedule
+        if not schedule.ready:
+            schedule.ready = True
             self._init_schedule(step)
-        due = any(s <= step and s > self.sr.last_stage_step for s in self.sr.stage_steps)
-        if self.sr.force_stage or (due and self.config.sr_enabled):
-            self.sr.force_stage = False
-            self.run_upscaling_stage(step)
+        due = schedule.next_due(step)
+        if due is not None and not self.sr_controls.sr_enabled:
+            if self._held_stage_step != due:  # say it once per held stage
+                self._held_stage_step = due
+                self._note(f"stage {schedule.scheduled_done + 1} (due at step {due}) held: SR paused")
+            due = None
+        forced = self.sr_controls.take_upscale_request()
+        if forced or due is not None:
+            self.run_upscaling_stage(step, scheduled=due is not None)
 
     # ------------------------------------------------------------------------------------------- the stage
     def _load_prior(self):
-        if self.sr.prior is None:
+        if self.sr_models.prior is None:
             from vsdsr_nerfstudio.sr.core.stage import SRStage
 
             CONSOLE.print(f"Loading the diffusion prior ({self.config.prior.kind().describe()})...")
-            prompt = self.config.scene_prompt
-            if prompt is None:
-                prompt = Path(self.datamanager.dataparser.config.data).name
-            self.config.prior.prompt = self.config.prior.scene_prompt(prompt)
-            self.sr.prior = self.config.prior.setup(device=self.device)
+            scene = self.config.scene_prompt
+            if scene is None:
+                scene = Path(self.datamanager.dataparser.config.data).name
+            self.sr_models.prompt = self.config.prior.scene_prompt(scene)
+            # the run's prompt goes to the prior through a copy: the config keeps what the user set
+            prior_config = dataclasses.replace(self.config.prior, prompt=self.sr_models.prompt)
+            self.sr_models.prior = prior_config.setup(device=self.device)
             # One SRStage for the whole run: the LoRA and its counters persist across stages; the residual and
             # the timestep ramp are reset by every begin().
-            self.sr.stage = SRStage(self.config.stage, self.sr.prior)
-            if self.sr.pending_stage_state:
-                self.sr.stage.load_state_dict(self.sr.pending_stage_state)
-                self.sr.pending_stage_state = None
+            self.sr_models.stage = SRStage(self.config.stage, self.sr_models.prior)
+            if self.sr_models.pending_stage_state:
+                self.sr_models.stage.load_state_dict(self.sr_models.pending_stage_state)
+                self.sr_models.pending_stage_state = None
         else:
-            _move_prior(self.sr.prior, self.device)
-        return self.sr.prior
+            _move_prior(self.sr_models.prior, self.device)
+        return self.sr_models.prior
 
     @torch.no_grad()
     def render_train_views_hr(self) -> Float[Tensor, "N 3 H W"]:
@@ -385,15 +401,14 @@ class I3DSPipeline(VanillaPipeline):
             for index in range(len(cameras)):
                 if callable(render_camera):  # (Gaussians): no rays; no camera optimiser or appearance embedding
                     rgb = render_camera(cameras[index : index + 1])
-                    renders.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
-                    self._yield_lock()
-                    continue
-                bundle = cameras.generate_rays(camera_indices=index, keep_shape=True)
-                if camera_optimizer is not None:
-                    camera_optimizer.apply_to_raybundle(bundle)
-                with average_appearance(self.model):
-                    rgb = self.model.get_outputs_for_camera_ray_bundle(bundle)["rgb"]
+                else:
+                    bundle = cameras.generate_rays(camera_indices=index, keep_shape=True)
+                    if camera_optimizer is not None:
+                        camera_optimizer.apply_to_raybundle(bundle)
+                    with average_appearance(self.model):
+                        rgb = self.model.get_outputs_for_camera_ray_bundle(bundle)["rgb"]
                 renders.append(rgb.clamp(0, 1).permute(2, 0, 1).cpu())
+                self._show(progress=f"rendered {index + 1}/{len(cameras)} views")
                 self._yield_lock()
         finally:
             self.model.train(was_training)
@@ -401,7 +416,7 @@ class I3DSPipeline(VanillaPipeline):
 
     def _yield_lock(self) -> None:
         """Let the viewer render between chunks of work (the trainer holds its lock during callbacks)."""
-        trainer = self.sr.trainer
+        trainer = self._trainer
         lock = getattr(trainer, "train_lock", None)
         if lock is None or trainer.viewer_state is None:
             return
@@ -411,124 +426,92 @@ class I3DSPipeline(VanillaPipeline):
         finally:
             lock.acquire()
 
-    def run_upscaling_stage(self, step: int) -> None:
-        """One upscaling stage now (before NeRF step ``step``): render, K SR steps, decode, write every view."""
+    def run_upscaling_stage(self, step: int, scheduled: bool = True) -> None:
+        """One upscaling stage now (before NeRF step ``step``): load the prior, render every training view at HR,
+        K SR steps, decode, write the views and save the SR state. ``scheduled``: one of the configured cycles
+        (False: an extra stage asked for from the viewer)."""
+        cycle = self.sr_schedule.cycles_done + 1
+        phase = f"stage {cycle}" + ("" if scheduled else " (extra)")
+        self.sr_phases.end(step, self._run_dir())
+        self.sr_phases.start(f"upscale {cycle}", step)
+        timings: Dict[str, float] = {}
+        with cudnn_benchmark_off(), oom_advice(cycle):
+            self._show(f"{phase}: loading prior")
+            with timed(timings, "load_prior"):
+                self._load_prior()
+            self._show(f"{phase}: rendering")
+            with timed(timings, "render"):
+                renders = self.render_train_views_hr()
+            with timed(timings, "encode"):
+                stage = self.sr_models.stage
+                c2w = self.datamanager.hr_cameras().camera_to_worlds
+                stage.begin(renders, self.datamanager.lr_images_chw(), c2w, num_steps=self.config.upscale_steps)
+            self._show(f"{phase}: SR steps")
+            with timed(timings, "sr_steps"):
+                self._run_sr_steps(stage, cycle, self.config.upscale_steps)
+            self._show(f"{phase}: decoding")
+            with timed(timings, "decode"):
+                images = stage.finish()
+        with timed(timings, "write_and_save"):
+            self.datamanager.write_views(images.permute(0, 2, 3, 1))
+            begin_sync = getattr(self.model, "begin_sync_stage", None)  # hook: Gaussians restart densification stats
+            if callable(begin_sync):
+                begin_sync(step)
+            self.sr_schedule.record_stage(step, scheduled)
+            self._save_stage(cycle, step)
+        self._log_stage(cycle, step, renders, images, timings)
+        self._hand_views_to_viewer(images)
+        if self.config.offload_prior:
+            _move_prior(self.sr_models.prior, torch.device("cpu"))
+        self.sr_phases.end(step, self._run_dir())
+        self.sr_phases.start(f"sync {cycle}", step)
+        self._show(f"sync {cycle}")
+
+    def _run_sr_steps(self, stage: Any, cycle: int, steps: int) -> None:
+        """K steps of the SR stage in chunks of ``steps_per_chunk``; before each chunk the viewer's CFG scales are
+        handed to the stage (a slider moved during the stage takes effect at the next chunk), after each the
+        progress is shown and the viewer gets the training lock."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        cycle = self.sr.cycles_done + 1
-        self._end_phase(step)
-        self._start_phase(f"upscale {cycle}", step)
-        timings: Dict[str, float] = {}
-        # ns-train turns on cudnn.benchmark; its first-time autotuning of the VAE/UNet convolutions took a
-        # transient 66 GiB on fern (stage 1 only). The stage's shapes are few and fixed: use the default heuristics.
-        cudnn_benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = False
-        try:
-            t0 = time.perf_counter()
-            self._set_status(f"stage {cycle}: loading prior")
-            self._load_prior()
-            timings["load_prior"] = time.perf_counter() - t0
+        chunk = max(1, self.config.steps_per_chunk)
+        columns = (
+            TextColumn(f"[bold]Upscaling stage {cycle}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} {task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=CONSOLE, transient=False) as progress:
+            task = progress.add_task("sr", total=steps, info="")
+            for k in range(steps):
+                if k % chunk == 0:
+                    self.sr_controls.apply_guidance(stage, where=f"in stage {cycle} from SR step {k + 1}")
+                stats = stage.step()
+                if (k + 1) % chunk == 0 or k + 1 == steps:
+                    progress.update(task, completed=k + 1, info=f"t={stats.t:.0f} loss={stats.loss:.4g}")
+                    self._show(progress=f"SR step {k + 1}/{steps}")
+                    self._yield_lock()
 
-            t0 = time.perf_counter()
-            self._set_status(f"stage {cycle}: rendering {self.datamanager.num_train_views} views at HR")
-            renders = self.render_train_views_hr()
-            timings["render"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            lr_images = self.datamanager.lr_images_chw()
-            c2w = self.datamanager.hr_cameras().camera_to_worlds
-            stage = self.sr.stage
-            stage.begin(renders, lr_images, c2w, num_steps=self.config.upscale_steps)
-            timings["encode"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            steps = self.config.upscale_steps
-            columns = (
-                TextColumn(f"[bold]Upscaling stage {cycle}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} {task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=CONSOLE, transient=False) as progress:
-                task = progress.add_task("sr", total=steps, info="")
-                for k in range(steps):
-                    stats = stage.step()
-                    if (k + 1) % max(1, self.config.steps_per_chunk) == 0 or k + 1 == steps:
-                        info = f"t={stats.t:.0f} loss={stats.loss:.4g}"
-                        progress.update(task, completed=k + 1, info=info)
-                        self._set_status(f"stage {cycle}: SR step {k + 1}/{steps}")
-                        self._yield_lock()
-            timings["sr_steps"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            images = stage.finish()
-            timings["decode"] = time.perf_counter() - t0
-        except torch.cuda.OutOfMemoryError as error:
-            raise RuntimeError(
-                f"GPU out of memory in upscaling stage {cycle}. Lower {OOM_FIELDS} (or keep "
-                f"--pipeline.offload-prior True), then resume with --load-dir. Original error: {error}"
-            ) from error
-        finally:
-            torch.backends.cudnn.benchmark = cudnn_benchmark
-
-        t0 = time.perf_counter()
-        self.datamanager.write_views(images.permute(0, 2, 3, 1))
-        begin_sync = getattr(self.model, "begin_sync_stage", None)  # hook: Gaussians restart densification stats
-        if callable(begin_sync):
-            begin_sync(step)
-        self.sr.cycles_done = cycle
-        self.sr.last_stage_step = step
-        self._save_stage(cycle, step)
-        timings["write_and_save"] = time.perf_counter() - t0
-        self._log_stage(cycle, step, renders, images, timings)
-        self._refresh_viewer_frustums(images)
-        if self.config.offload_prior:
-            _move_prior(self.sr.prior, torch.device("cpu"))
-        self._end_phase(step)
-        self._start_phase(f"sync {cycle}", step)
-        self._set_status(f"sync after stage {cycle}")
-
-    def _refresh_viewer_frustums(self, images: Float[Tensor, "N 3 H W"]) -> None:
+    def _hand_views_to_viewer(self, images: Float[Tensor, "N 3 H W"]) -> None:
         """Show the rewritten HR views on the viewer's training-camera frustums (same pose, new picture)."""
-        viewer = getattr(self.sr.trainer, "viewer_state", None)
-        handles = getattr(viewer, "camera_handles", None)
-        if not handles:
-            return
-        cameras = self.datamanager.train_dataset.cameras
-        try:
-            for index, old in list(handles.items()):
-                h, w = images.shape[-2:]  # 100 px high, as nerfstudio draws them
-                size = (100, max(1, round(100 * w / h)))
-                picture = torch.nn.functional.interpolate(images[index : index + 1], size=size, mode="area")
-                picture = (picture[0].permute(1, 2, 0).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-                camera = cameras[index]
-                new = viewer.viser_server.scene.add_camera_frustum(
-                    name=f"/cameras/camera_{index:05d}",
-                    fov=float(2 * torch.arctan(camera.cx / camera.fx[0]).item()),
-                    aspect=float((camera.cx[0] / camera.cy[0]).item()),
-                    scale=viewer.config.camera_frustum_scale,
-                    image=picture,
-                    wxyz=old.wxyz,
-                    position=old.position,
-                )
-                new.on_click(_frustum_click_callback(viewer, index))
-                handles[index] = new
-        except Exception as error:  # the viewer is a convenience: never let it stop training
-            CONSOLE.print(f"[yellow]Could not refresh the viewer's camera images: {error}[/yellow]")
+        viewer = getattr(self._trainer, "viewer_state", None)
+        if viewer is not None:
+            refresh_frustums(viewer, self.datamanager.train_dataset.cameras, images)
 
     def _save_stage(self, cycle: int, step: int) -> None:
         run_dir = self._run_dir()
         if run_dir is None:
             return
+        stage = self.sr_models.stage
         state = {
             "cycle": cycle,
             "step": step,
+            "scheduled_done": self.sr_schedule.scheduled_done,
             **self.datamanager.hr_state(),
-            "sr_stage": self.sr.stage.state_dict() if self.sr.stage is not None else {},
+            "sr_stage": stage.state_dict() if stage is not None else {},
             "rng": _get_rng_state(),
         }
-        self.sr.stage_file = str(save_stage_state(run_dir, cycle, state))
+        self.sr_schedule.stage_file = str(save_stage_state(run_dir, cycle, state))
 
     def _log_stage(self, cycle: int, step: int, renders: Tensor, images: Tensor, timings: Dict[str, float]) -> None:
         total = sum(timings.values())
@@ -543,19 +526,6 @@ class I3DSPipeline(VanillaPipeline):
         for index in range(n):
             pair = torch.cat([renders[index], images[index]], dim=-1).permute(1, 2, 0)
             writer.put_image(name=f"SR stage/view {index:03d} before | after", image=pair, step=step)
-        self.sr.timings = timings
-
-
-def _frustum_click_callback(viewer: Any, index: int):
-    """Clicking a frustum moves the client camera to it (what nerfstudio's viewer does for its frustums)."""
-
-    def callback(event: Any) -> None:
-        with event.client.atomic():
-            event.client.camera.position = event.target.position
-            event.client.camera.wxyz = event.target.wxyz
-            viewer.current_camera_idx = index
-
-    return callback
 
 
 def _move_prior(prior: Any, device: torch.device) -> None:

@@ -223,6 +223,9 @@ class SRStage:
             raise ValueError(f"noise_level {config.noise_level} outside [0, {prior.max_noise_level}]")
         self.config = config
         self.prior = prior
+        # the CFG scales in use: the config's at start, then what set_guidance_scales gives (the viewer's sliders)
+        self.guidance_scale = float(config.guidance_scale)
+        self.camera_guidance_scale = float(config.camera_guidance_scale)
         self.device = torch.device(prior.device)
         self.latent_device = torch.device(config.latent_device) if config.latent_device else self.device
         if config.guidance == "vsd" and lora is None:
@@ -234,6 +237,10 @@ class SRStage:
         self.active = False
         self._step = 0
         self.num_steps = 0
+
+    def set_guidance_scales(self, text: float, camera: float) -> None:
+        """Change the text and camera CFG scales from the next step on (the config is left as it is)."""
+        self.guidance_scale, self.camera_guidance_scale = float(text), float(camera)
 
     # -- stage lifecycle ----------------------------------------------------------------------------------------
 
@@ -454,7 +461,7 @@ class SRStage:
         noise_level: Int[Tensor, " B"],
     ) -> Float[Tensor, "B C h w"]:
         """Pretrained branch (adapters off), text-CFG'd with ``guidance_scale``, raw prediction type."""
-        B, omega = z_t.shape[0], self.config.guidance_scale
+        B, omega = z_t.shape[0], self.guidance_scale
         with self._lora_off():
             if self.text is None or omega == 1.0:
                 return self.prior.predict(z_t, t, lr_cond, noise_level, text=self._text_cond(B))
@@ -473,7 +480,7 @@ class SRStage:
                 self._pretrained_pred(z_t, t, lr_cond, noise_level), z_t, a_t, s_t, prior.prediction_type
             )
             pred_lora = self.lora.predict_guided(
-                z_t, t, lr_cond, noise_level, self._text_cond(z.shape[0]), cameras, cfg.camera_guidance_scale
+                z_t, t, lr_cond, noise_level, self._text_cond(z.shape[0]), cameras, self.camera_guidance_scale
             )
             eps_lora = pred_to_eps(pred_lora, z_t, a_t, s_t, prior.prediction_type)
             grad = vsd_gradient(eps_pre, eps_lora, s_t**2)
