@@ -67,7 +67,8 @@ def test_ns_eval_reports_four_metrics_at_hr(runs):
 
 def test_ns_render_at_4x(runs):
     frames = runs["root"] / "frames"
-    args = ["--load-config", str(runs["b"] / "config.yml"), "--pose-source", "train", "--downscale-factor", "0.25"]
+    # one render rule (README): every ns-render path renders at sr_scale x the training size unless told otherwise
+    args = ["--load-config", str(runs["b"] / "config.yml"), "--pose-source", "train"]
     args += ["--interpolation-steps", "1", "--output-format", "images", "--image-format", "png"]
     _run(["ns-render", "interpolate", *args, "--output-path", str(frames)], runs["root"])
     images = sorted(frames.rglob("*.png"))

@@ -65,6 +65,17 @@ class HRBufferMixin:
     config: HRBufferConfig
     device: Union[torch.device, str]
     train_dataparser_outputs: Any
+    test_mode: str
+
+    def create_train_dataset(self):
+        """The train views (of both datamanagers). Loaded for inference (ns-eval, ns-render, ns-viewer: any test mode
+        but "val") their cameras render at ``sr_scale`` x the training size, the HR size of a vsd-sr run, like the
+        eval views; training keeps the LR cameras until the first upscaling stage."""
+        dataset = super().create_train_dataset()
+        self._lr_train_cameras: Cameras = copy.deepcopy(dataset.cameras)
+        if self.test_mode != "val":
+            dataset.cameras.rescale_output_resolution(float(self.config.sr_scale))
+        return dataset
 
     def _init_hr_buffer(self, lr_images: Float[Tensor, "N h w 3"], lr_cameras: Cameras) -> None:
         # float32 on CPU, (N, h, w, 3) in [0, 1], view i = camera i; never written to after this point.
@@ -229,15 +240,6 @@ class SRDataManager(HRBufferMixin, VanillaDataManager):
         check_sr_scale(config.sr_scale)  # before any data is read
         check_render_downscale(config)
         super().__init__(config, *args, **kwargs)
-
-    def create_train_dataset(self):
-        """The train views; loaded for inference (ns-eval, ns-render, ns-viewer: any test mode but "val") their
-        cameras render at ``sr_scale`` x the training size, the HR size of a vsd-sr run, like the eval views."""
-        dataset = super().create_train_dataset()
-        self._lr_train_cameras: Cameras = copy.deepcopy(dataset.cameras)
-        if self.test_mode != "val":
-            dataset.cameras.rescale_output_resolution(float(self.config.sr_scale))
-        return dataset
 
     def setup_train(self) -> None:
         super().setup_train()

@@ -18,7 +18,13 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
-from vsdsr_nerfstudio.pipeline.datamanager import HRBufferConfig, HRBufferMixin, _to_float
+from vsdsr_nerfstudio.pipeline.datamanager import (
+    HRBufferConfig,
+    HRBufferMixin,
+    _to_float,
+    check_render_downscale,
+    check_sr_scale,
+)
 
 
 @dataclass
@@ -34,11 +40,13 @@ class SRFullImageDataManager(HRBufferMixin, FullImageDatamanager[InputDataset]):
     config: SRFullImageDataManagerConfig
 
     def __init__(self, config: SRFullImageDataManagerConfig, *args, **kwargs):
+        check_sr_scale(config.sr_scale)  # before any data is read
+        check_render_downscale(config)
         super().__init__(config, *args, **kwargs)
         if self.test_mode == "inference":  # ns-render / viewer-only: no training images are loaded
             return
         cached = self.cached_train  # loads (and caches) every LR training image, in dataset order
-        self._init_hr_buffer(torch.stack([item["image"] for item in cached]), self.train_dataset.cameras)
+        self._init_hr_buffer(torch.stack([item["image"] for item in cached]), self._lr_train_cameras)
 
     def _on_switch_to_hr(self) -> None:
         self.train_cameras = self.hr_cameras()
