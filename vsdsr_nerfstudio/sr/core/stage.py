@@ -33,7 +33,6 @@ from vsdsr_nerfstudio.sr.core.lora import (
     normalized_flat_c2w,
 )
 from vsdsr_nerfstudio.sr.core.objectives import (
-    cfg_combine,
     ddim_step,
     pred_to_eps,
     pred_to_x0,
@@ -46,6 +45,7 @@ from vsdsr_nerfstudio.sr.core.objectives import (
 )
 from vsdsr_nerfstudio.sr.core.schedules import stage_timesteps
 from vsdsr_nerfstudio.sr.priors.base import SRPrior
+from vsdsr_nerfstudio.sr.priors.utils import guided_predict
 
 ImagesLike = Union[Tensor, Sequence[Tensor]]
 
@@ -461,16 +461,8 @@ class SRStage:
         noise_level: Int[Tensor, " B"],
     ) -> Float[Tensor, "B C h w"]:
         """Pretrained branch (adapters off), text-CFG'd with ``guidance_scale``, raw prediction type."""
-        B, omega = z_t.shape[0], self.guidance_scale
         with self._lora_off():
-            if self.text is None or omega == 1.0:
-                return self.prior.predict(z_t, t, lr_cond, noise_level, text=self._text_cond(B))
-            cond, uncond = self.text[0].to(self.device), self.text[1].to(self.device)
-            text = torch.cat([cond.expand(B, -1, -1), uncond.expand(B, -1, -1)])
-            two = lambda x: torch.cat([x, x])
-            out = self.prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level), text=text)
-            pred_c, pred_u = out.chunk(2)
-            return cfg_combine(pred_u, pred_c, omega)
+            return guided_predict(self.prior, z_t, t, lr_cond, noise_level, self.guidance_scale, text=self.text)
 
     def _vsd_loss(self, z, noise, t, a_t, s_t, lr_cond, noise_level, cameras) -> Tensor:
         prior, cfg = self.prior, self.config

@@ -102,21 +102,27 @@ def set_schedules(prior: Any, scheduler: Any, low_res_scheduler: Any, max_noise_
 
 
 def guided_predict(
-    prior: Any, z_t: Tensor, t: Tensor, lr_cond: Tensor, noise_level: Tensor, guidance_scale: float
+    prior: Any,
+    z_t: Tensor,
+    t: Tensor,
+    lr_cond: Tensor,
+    noise_level: Tensor,
+    guidance_scale: float,
+    text: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tensor:
     """``prior.predict`` (any ``SRPrior``) with text classifier-free guidance (``cfg_combine`` of
     ``sr/core/objectives``) where the prior uses text and ``guidance_scale != 1`` (one batched call for both
-    branches); plain otherwise. The one text-guidance helper: the DDIM sampler uses it; the SR stage's
-    pretrained branch can too."""
+    branches); plain otherwise. The one text-guidance helper: the DDIM sampler and the SR stage's pretrained branch
+    use it. ``text``: the (conditional, unconditional) embeddings if the caller holds them (default: the prior's)."""
     if not prior.uses_text:
         return prior.predict(z_t, t, lr_cond, noise_level)
-    embeddings = prior.text_embeddings()
+    embeddings = text if text is not None else prior.text_embeddings()
     assert embeddings is not None
-    cond, uncond = embeddings
+    cond, uncond = (e.to(z_t.device) for e in embeddings)
     batch = z_t.shape[0]
     if guidance_scale == 1.0:
         return prior.predict(z_t, t, lr_cond, noise_level, text=cond.expand(batch, -1, -1))
     two = lambda x: torch.cat([x, x])
-    text = torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)])
-    pred_c, pred_u = prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level), text=text).chunk(2)
+    text_batch = torch.cat([cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)])
+    pred_c, pred_u = prior.predict(two(z_t), two(t), two(lr_cond), two(noise_level), text=text_batch).chunk(2)
     return cfg_combine(pred_u, pred_c, guidance_scale)
