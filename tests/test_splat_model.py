@@ -227,3 +227,29 @@ def test_cuda_rasterizer_without_cuda_is_a_clear_error():
     with pytest.raises(GsplatCudaError, match="rasterizer"):
         VsdSrSplatModelConfig(rasterizer="cuda").check_runtime("cpu")
     VsdSrSplatModelConfig(rasterizer="auto").check_runtime("cpu")  # auto falls back to torch: no error
+
+
+def test_resume_repoints_the_optimizers_at_the_loaded_gaussians():
+    """Splatfacto's load_state_dict replaces its parameters (resized to the checkpoint's count) after nerfstudio
+    built the optimizers on the old ones; SRTrainer re-points them, moving the loaded Adam state along, so a resumed
+    run trains (and densifies) the Gaussians the model renders."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    from vsdsr_nerfstudio.method_configs.vsd_sr_splat import splat_optimizers
+    from vsdsr_nerfstudio.pipeline.trainer import repoint_optimizers
+
+    saved = _model()
+    checkpoint = {k: v[:150].clone() if k.startswith("gauss_params.") else v for k, v in saved.state_dict().items()}
+    fresh = _model()  # a resumed run: the model and its optimizers are built before the checkpoint is loaded
+    optimizers = Optimizers(splat_optimizers(100), fresh.get_param_groups())
+    fresh.load_state_dict(checkpoint)
+    groups = fresh.get_param_groups()
+    assert optimizers.optimizers["means"].param_groups[0]["params"][0] is not groups["means"][0]  # the defect
+    assert repoint_optimizers(optimizers, groups) == len(groups)
+    for name, optimizer in optimizers.optimizers.items():
+        assert optimizer.param_groups[0]["params"][0] is groups[name][0]
+    before = fresh.means.detach().clone()
+    fresh.means.sum().backward()
+    optimizers.optimizers["means"].step()
+    assert fresh.means.shape[0] == 150 and not torch.equal(fresh.means.detach(), before)
+    assert repoint_optimizers(optimizers, fresh.get_param_groups()) == 0  # nothing left to move

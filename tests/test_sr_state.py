@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import torch
 
+from vsdsr_nerfstudio.data.files import atomic_write
 from vsdsr_nerfstudio.pipeline.state import (
     LATEST,
     SR_STATE_DIR,
-    _atomic_write,
     adopt_stage_file,
     latest_stage_file,
     load_stage_state,
@@ -50,7 +50,7 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
         raise KeyboardInterrupt  # Ctrl-C in the middle of a write
 
     with pytest.raises(KeyboardInterrupt):
-        _atomic_write(path, broken)
+        atomic_write(path, broken)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [LATEST, "stage_001.pt"]
 
@@ -80,7 +80,7 @@ def test_sigkill_in_the_middle_of_a_write_never_leaves_a_truncated_stage(tmp_pat
                 print("writing", flush=True)
                 time.sleep(0.01)
 
-        _atomic_write(Path({str(tmp_path)!r}) / SR_STATE_DIR / stage_file_name(2), slow)
+        atomic_write(Path({str(tmp_path)!r}) / SR_STATE_DIR / stage_file_name(2), slow)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:

@@ -33,6 +33,14 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def atomic_write_json(path: Union[str, Path], data: Any) -> None:
+    """:func:`atomic_write` of ``data`` as indented JSON; creates the parent folders."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
 def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
     """:func:`atomic_write` of ``torch.save(obj)``."""
     import torch

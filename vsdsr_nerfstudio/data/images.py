@@ -4,7 +4,7 @@
 replicated to three channels (``grey=True``), 16-bit inputs are scaled by 65535 (Pillow's own ``convert("RGB")``
 clips them at 255: almost white), an alpha channel is returned separately. Every failure is an
 :class:`ImageReadError` whose message names the file. :func:`save_image` writes 8-bit files; call
-:func:`check_output_path` before long work so that an unknown extension is refused first.
+:func:`output_format` before long work so that an unknown extension is refused first.
 
 Listing image files has one rule, the data parser's: :func:`list_images` (``data/image_io.py``).
 """
@@ -147,11 +147,6 @@ def output_format(path: Union[str, Path]) -> str:
             f"Cannot write {str(path)!r}: unknown image extension {ext or '(none)'!r}; use one of {', '.join(known)}."
         )
     return fmt
-
-
-def check_output_path(path: Union[str, Path]) -> str:
-    """Alias of :func:`output_format`: refuses an output name that cannot be written, before the work."""
-    return output_format(path)
 
 
 def to_uint8(image: Float[Tensor, "C H W"]) -> np.ndarray:

@@ -63,7 +63,10 @@ class VsdSrModel(OfflineEvalMixin, NerfactoModel):
     config: VsdSrModelConfig
 
     def populate_modules(self) -> None:
-        backend = hash_backend_for_device(self.config.hash_backend, self.kwargs.get("device"))
+        requested = self.config.hash_backend
+        if requested == "auto" and self.config.implementation == "torch":
+            requested = "torch"  # an explicit nerfstudio `implementation torch` (and runs saved before hash_backend)
+        backend = hash_backend_for_device(requested, self.kwargs.get("device"))
         implementation = self.config.implementation
         self.config.implementation = "tcnn" if backend == "tcnn" else "torch"  # read by Nerfacto's field builders
         try:

@@ -151,6 +151,12 @@ class VsdSrSplatModel(OfflineEvalMixin, SplatfactoModel):
     config: VsdSrSplatModelConfig
 
     def populate_modules(self) -> None:
+        if self.config.use_bilateral_grid:
+            raise ValueError(
+                "--pipeline.model.use-bilateral-grid is not supported by vsd-sr-splat: its per-image colour grids "
+                "would absorb the differences between the rewritten 4x views that the sync stage must reconcile. "
+                "Leave it off."
+            )
         seeds, self.seed_points = self.seed_points, None
         use_seeds = seeds is not None and not self.config.random_init and seeds[0].shape[0] >= 4
         saved = self.config.num_random
@@ -236,8 +242,13 @@ class VsdSrSplatModel(OfflineEvalMixin, SplatfactoModel):
         return rasterization_torch(**kwargs)
 
     def render_camera_rgb(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
-        """Hook (I3DS pipeline): render one camera's RGB in [0, 1] (eval mode; no rays)."""
-        return self.get_outputs(camera.to(self.device))["rgb"]
+        """Hook (I3DS pipeline): render one camera's RGB in [0, 1] (eval mode; no rays), the whole scene: a crop box
+        the viewer left set would otherwise empty the rewritten training views outside it."""
+        crop_box, self.crop_box = self.crop_box, None
+        try:
+            return self.get_outputs(camera.to(self.device))["rgb"]
+        finally:
+            self.crop_box = crop_box
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         """Splatfacto's ``get_outputs`` with the 3D filter applied and the rasteriser chosen by ``rasterizer``."""

@@ -43,7 +43,9 @@ class SRFullImageDataManager(HRBufferMixin, FullImageDatamanager[InputDataset]):
         check_sr_scale(config.sr_scale)  # before any data is read
         check_render_downscale(config)
         super().__init__(config, *args, **kwargs)
-        if self.test_mode == "inference":  # ns-render / viewer-only: no training images are loaded
+        if self.test_mode != "val":
+            # loaded for evaluation or rendering (ns-eval, ns-render, ns-viewer): the train cameras are at 4x (the
+            # render rule), no training image is needed and the LR ones would not match those cameras
             return
         cached = self.cached_train  # loads (and caches) every LR training image, in dataset order
         self._init_hr_buffer(torch.stack([item["image"] for item in cached]), self._lr_train_cameras)

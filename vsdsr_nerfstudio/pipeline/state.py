@@ -13,14 +13,13 @@ redone on resume. Files hold only tensors, numbers and strings, so they load wit
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from vsdsr_nerfstudio.data.files import atomic_write
+from vsdsr_nerfstudio.data.files import atomic_write, atomic_write_json
 
 SR_STATE_DIR = "sr_state"
 LATEST = "LATEST"
@@ -31,15 +30,12 @@ def stage_file_name(cycle: int) -> str:
     return f"stage_{cycle:03d}.pt"
 
 
-_atomic_write = atomic_write  # the one atomic-write helper (fsync + rename), data/files.py
-
-
 def save_stage_state(run_dir: Path, cycle: int, state: Dict[str, Any]) -> Path:
     """Atomically write the state after upscaling stage ``cycle`` and point ``LATEST`` at it."""
     folder = Path(run_dir) / SR_STATE_DIR
     path = folder / stage_file_name(cycle)
-    _atomic_write(path, lambda handle: torch.save(state, handle))
-    _atomic_write(folder / LATEST, lambda handle: handle.write(path.name.encode()))
+    atomic_write(path, lambda handle: torch.save(state, handle))
+    atomic_write(folder / LATEST, lambda handle: handle.write(path.name.encode()))
     return path
 
 
@@ -59,7 +55,7 @@ def latest_stage_file(run_dir: Path) -> Optional[Path]:
 
 def save_json_atomic(path: Path, payload: Any) -> None:
     """Atomically write ``payload`` as JSON (e.g. the per-phase timings of a run)."""
-    _atomic_write(Path(path), lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+    atomic_write_json(path, payload)
 
 
 def load_stage_state(path: Path) -> Dict[str, Any]:
@@ -73,6 +69,6 @@ def adopt_stage_file(source: Path, run_dir: Path) -> Path:
     target = folder / source.name
     if target.resolve() != source.resolve():
         with source.open("rb") as src:
-            _atomic_write(target, lambda handle: shutil.copyfileobj(src, handle))
-        _atomic_write(folder / LATEST, lambda handle: handle.write(target.name.encode()))
+            atomic_write(target, lambda handle: shutil.copyfileobj(src, handle))
+        atomic_write(folder / LATEST, lambda handle: handle.write(target.name.encode()))
     return target

@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -102,6 +102,30 @@ class SRTrainer(Trainer):
             if self.config.load_step is None:
                 self.config.load_step = latest_checkpoint_step(self.config.load_dir, "--load-dir")
         super()._load_checkpoint()
+        if self.config.load_dir is not None or self.config.load_checkpoint is not None:
+            repoint_optimizers(self.optimizers, self.pipeline.get_param_groups())
+
+
+def repoint_optimizers(optimizers: Any, param_groups: Dict[str, List[Any]]) -> int:
+    """Make every optimizer update the model's *current* parameters after a checkpoint load, moving their loaded
+    state (Adam moments) along. Splatfacto's ``load_state_dict`` replaces its Parameter objects (it resizes them to
+    the checkpoint's Gaussian count) after nerfstudio built the optimizers on the old ones: without this, a resumed
+    run would train parameters the model no longer uses and densify from stale copies. Returns how many parameters
+    were re-pointed (0 for models that load in place, as Nerfacto)."""
+    moved = 0
+    for name, optimizer in optimizers.optimizers.items():
+        current = param_groups.get(name)
+        if current is None or len(optimizer.param_groups) != 1:
+            continue
+        group = optimizer.param_groups[0]
+        if len(group["params"]) != len(current) or all(a is b for a, b in zip(group["params"], current, strict=True)):
+            continue
+        for old, new in zip(group["params"], current, strict=True):
+            if old is not new and old in optimizer.state:
+                optimizer.state[new] = optimizer.state.pop(old)
+            moved += old is not new
+        group["params"] = list(current)
+    return moved
 
 
 @dataclass

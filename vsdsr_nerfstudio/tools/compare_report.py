@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -11,6 +9,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from vsdsr_nerfstudio.data.files import atomic_write_json
 
 LABEL_HEIGHT = 14
 """Height in pixels of the label strip above each column of the crop grid."""
@@ -25,11 +25,8 @@ _COLUMNS = (
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON (atomically: temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON, atomically (``data/files.py``)."""
+    atomic_write_json(path, data)
 
 
 def _fmt(value: Optional[float], pattern: str) -> str:

@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from vsdsr_nerfstudio.data.files import atomic_write_json
+
 RunKind = Literal["method", "nosr-steps", "nosr-time", "sr2d"]
 """What a run is: a method under test, or one of the trained baselines."""
 RUN_RECORD = "compare_run.json"
@@ -173,10 +175,7 @@ def _find_run_dir(output_runs: Path, name: str) -> Optional[Path]:
 
 
 def _write_record(path: Path, record: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, record)
 
 
 def finished_run(output_runs: Path, plan: RunPlan) -> Optional[RunResult]:

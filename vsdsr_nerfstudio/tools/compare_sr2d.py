@@ -14,9 +14,7 @@ upscaler). ``sr_state``-free: nothing of the SR pipeline is used.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +23,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from vsdsr_nerfstudio.data.files import atomic_write_json
 from vsdsr_nerfstudio.data.image_io import folder_name
 from vsdsr_nerfstudio.data.llff_dataparser import POSES_BOUNDS
+from vsdsr_nerfstudio.tools.upscale import resolve_device
 
 MANIFEST = "compare_sr2d.json"
 """Record of how the derived scene was made; a scene with the same record is reused."""
@@ -50,12 +50,6 @@ class SR2DSettings:
     """Overlap of neighbouring windows in LR pixels."""
     seed: int = 0
     """Seed of the sampling noise (the generator is re-seeded for every view)."""
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_sr2d_scene(
@@ -101,42 +95,22 @@ def build_sr2d_scene(
     shutil.copy2(source / POSES_BOUNDS, target / POSES_BOUNDS)
     for index, path in held_out_hr.items():
         save_rgb(load_rgb_uint8(path).float() / 255.0, images / f"view_{index:04d}.png")
-    upscale = _upscaler(prior_config, settings, _device(device))
+    upscale = _upscaler(prior_config, settings, resolve_device(device))
     for index, path in sorted(train_files.items()):
         hr = upscale(load_rgb_uint8(path).float()[None] / 255.0)
         save_rgb(hr[0], images / f"view_{index:04d}.png")
         if on_view is not None:
             on_view()
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)  # last: a scene without its manifest is rebuilt
+    atomic_write_json(manifest_path, manifest)  # last: a scene without its manifest is rebuilt
     return target
 
 
 def _upscaler(prior_config: Any, settings: SR2DSettings, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    """x4 DDIM upscaling with the prior loaded once (``vsdsr-upscale``'s sampler and autocast)."""
-    from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
+    """x4 DDIM upscaling with the prior loaded once: ``vsdsr-upscale``'s sampler (``tools/upscale.sample_x4``)."""
+    from vsdsr_nerfstudio.tools.upscale import sample_x4
 
     CONSOLE.log(f"Loading the prior for the 2D-SR baseline ({prior_config.prior}) on {device}.")
     prior = prior_config.setup(device=device)
-
-    def upscale(lr: torch.Tensor) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
-        autocast = (
-            torch.autocast("cuda", dtype=prior.dtype)
-            if device.type == "cuda" and prior.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            return ddim_upscale(
-                prior,
-                lr,
-                steps=settings.steps,
-                noise_level=settings.noise_level,
-                generator=generator,
-                guidance_scale=settings.guidance_scale,
-                tile=settings.tile,
-                tile_overlap=settings.tile_overlap,
-            ).float()
-
-    return upscale
+    options = dict(steps=settings.steps, noise_level=settings.noise_level, guidance_scale=settings.guidance_scale)
+    options.update(tile=settings.tile, tile_overlap=settings.tile_overlap, seed=settings.seed)
+    return lambda lr: sample_x4(prior, lr.to(device), **options)

@@ -630,6 +630,8 @@ def _new_state(cfg: PriorTrainConfig, device: torch.device, blob: Optional[Dict[
     from vsdsr_nerfstudio.sr.priors.pixel_prior import build_pixel_unet
 
     unet = build_pixel_unet(cfg.preset, cfg.seed, "cpu").to(device)
+    if device.type == "cuda" and cfg.channels_last:  # the inputs follow in the step (x.contiguous(channels_last))
+        unet.to(memory_format=torch.channels_last)
     unet.train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 import tyro
+from jaxtyping import Float
+from torch import Tensor
 from typing_extensions import Annotated
 
 from vsdsr_nerfstudio.sr.priors.config import DtypeName, PriorName, SRPriorConfig, is_pixel_prior_folder, resolve_prior
@@ -82,17 +84,31 @@ def prior_choice(cfg: UpscaleConfig) -> SRPriorConfig:
     return pc
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA if available, else the CPU; any other name as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def _sample(cfg: UpscaleConfig, prior, rgb: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """DDIM x4 of one ``(3, h, w)`` image in [0, 1] -> ``(3, 4h, 4w)``."""
+def sample_x4(
+    prior,
+    lr: Float[Tensor, "B 3 h w"],
+    *,
+    steps: int,
+    noise_level: int,
+    guidance_scale: float,
+    tile: int,
+    tile_overlap: int,
+    seed: int,
+    progress: bool = False,
+) -> Float[Tensor, "B 3 H W"]:
+    """The x4 DDIM sampler of ``vsdsr-upscale`` (also the 2D-SR baseline of ``vsdsr-compare``): ``ddim_upscale``
+    with a generator seeded by ``seed`` and autocast when the prior runs in half precision on CUDA; float32 out."""
     from vsdsr_nerfstudio.sr.priors.pixel_prior import ddim_upscale
 
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    device = torch.device(prior.device)
+    generator = torch.Generator(device=device).manual_seed(seed)
     autocast = (
         torch.autocast("cuda", dtype=prior.dtype)
         if device.type == "cuda" and prior.dtype != torch.float32
@@ -101,16 +117,23 @@ def _sample(cfg: UpscaleConfig, prior, rgb: torch.Tensor, device: torch.device) 
     with autocast:
         hr = ddim_upscale(
             prior,
-            rgb[None],
-            steps=cfg.steps,
-            noise_level=cfg.noise_level,
+            lr,
+            steps=steps,
+            noise_level=noise_level,
             generator=generator,
-            guidance_scale=cfg.guidance_scale,
-            tile=cfg.tile,
-            tile_overlap=cfg.tile_overlap,
-            progress=True,
+            guidance_scale=guidance_scale,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            progress=progress,
         )
-    return hr[0].float()
+    return hr.float()
+
+
+def _sample(cfg: UpscaleConfig, prior, rgb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """DDIM x4 of one ``(3, h, w)`` image in [0, 1] -> ``(3, 4h, 4w)``."""
+    options = dict(steps=cfg.steps, noise_level=cfg.noise_level, guidance_scale=cfg.guidance_scale)
+    options.update(tile=cfg.tile, tile_overlap=cfg.tile_overlap, seed=cfg.seed)
+    return sample_x4(prior, rgb[None].to(device), progress=True, **options)[0]
 
 
 def upscale(cfg: UpscaleConfig) -> Path:
@@ -131,8 +154,8 @@ def upscale(cfg: UpscaleConfig) -> Path:
     except (ValueError, ImageReadError) as err:
         raise UpscaleInputError(str(err)) from None
     pc = prior_choice(cfg)
-    resolve_prior(pc, strict=True)  # an option the chosen prior does not use: refuse before loading
-    device = _device(cfg.device)
+    resolve_prior(pc, strict="--")  # an option the chosen prior does not use: refuse before loading
+    device = resolve_device(cfg.device)
     prior = pc.setup(device=device)
     t0 = time.perf_counter()
     hr = _sample(cfg, prior, image.rgb, device)

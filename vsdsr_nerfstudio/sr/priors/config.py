@@ -58,21 +58,24 @@ CLI_PREFIX = "--pipeline.prior."
 _TEXT_VAE_FIELDS = ("prompt", "negative_prompt", "vae_tile_size", "vae_tile_overlap")
 
 
-def _option(name: str) -> str:
-    return CLI_PREFIX + name.replace("_", "-")
+def _refuse_unused(config: "SRPriorConfig", used: Tuple[str, ...], why: str, strict: Union[bool, str] = True) -> None:
+    """Raise ``ValueError`` naming every option set away from its default that the chosen prior does not use.
+    ``strict``: True names them as ``ns-train`` options (:data:`CLI_PREFIX`); a string is another command's prefix
+    (``"--"`` for ``vsdsr-upscale``)."""
+    prefix = strict if isinstance(strict, str) else CLI_PREFIX
 
+    def option(name: str) -> str:
+        return prefix + name.replace("_", "-")
 
-def _refuse_unused(config: "SRPriorConfig", used: Tuple[str, ...], why: str) -> None:
-    """Raise ``ValueError`` naming every option set away from its default that the chosen prior does not use."""
     defaults = SRPriorConfig()
     settable = ("model_path", "local_files_only", "seed") + _TEXT_VAE_FIELDS
     unused = [n for n in settable if n not in used and getattr(config, n) != getattr(defaults, n)]
     if unused:
-        given = ", ".join(f"{_option(n)} {getattr(config, n)!r}" for n in unused)
+        given = ", ".join(f"{option(n)} {getattr(config, n)!r}" for n in unused)
         raise ValueError(
             f"The prior {config.prior!r} does not use {given} ({why}). Remove {'it' if len(unused) == 1 else 'them'}, "
-            f"or choose a prior that does: {_option('prior')} sd-x4-upscaler (weights from "
-            f"{_option('model_path')}), embedded (a pixel-prior folder in {_option('model_path')}); see docs/prior.md."
+            f"or choose a prior that does: {option('prior')} sd-x4-upscaler (weights from "
+            f"{option('model_path')}), embedded (a pixel-prior folder in {option('model_path')}); see docs/prior.md."
         )
 
 
@@ -84,7 +87,9 @@ def _sd_x4_upscaler(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
     if is_pixel_prior_folder(config.model_path):  # a pixel-prior folder given as model_path loads that prior
         return _embedded(config, strict)
     if strict:
-        _refuse_unused(config, ("model_path", "local_files_only") + _TEXT_VAE_FIELDS, "it loads pretrained weights")
+        _refuse_unused(
+            config, ("model_path", "local_files_only") + _TEXT_VAE_FIELDS, "it loads pretrained weights", strict
+        )
     return SDX4PretrainedConfig(
         unet_dtype=config.unet_dtype,
         model_path=config.model_path,
@@ -95,7 +100,7 @@ def _sd_x4_upscaler(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
 
 def _sd_x4_random(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
     if strict:
-        _refuse_unused(config, ("seed",) + _TEXT_VAE_FIELDS, "it has seeded random weights, nothing is loaded")
+        _refuse_unused(config, ("seed",) + _TEXT_VAE_FIELDS, "it has seeded random weights, nothing is loaded", strict)
     return SDX4RandomConfig(
         unet_dtype=config.unet_dtype, architecture=config.prior, seed=config.seed, text=_text_vae(config)
     )
@@ -103,7 +108,9 @@ def _sd_x4_random(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
 
 def _embedded(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
     if strict:
-        _refuse_unused(config, ("model_path",), "a pixel-space prior: no text, no VAE, weights from a local folder")
+        _refuse_unused(
+            config, ("model_path",), "a pixel-space prior: no text, no VAE, weights from a local folder", strict
+        )
     if is_pixel_prior_folder(config.model_path) or config.model_path != SRPriorConfig().model_path:
         return PixelFolderConfig(unet_dtype=config.unet_dtype, folder=config.model_path)
     # the package's own weights; looked up now, so tests can point EMBEDDED_PRIOR_DIR elsewhere
@@ -112,7 +119,9 @@ def _embedded(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
 
 def _pixel_tiny(config: "SRPriorConfig", strict: bool) -> PriorKindConfig:
     if strict:
-        _refuse_unused(config, ("seed",), "a pixel-space prior with seeded random weights: no text, no VAE, no files")
+        _refuse_unused(
+            config, ("seed",), "a pixel-space prior with seeded random weights: no text, no VAE, no files", strict
+        )
     return PixelRandomConfig(unet_dtype=config.unet_dtype, seed=config.seed)
 
 
@@ -127,8 +136,9 @@ PRIOR_KINDS: Dict[str, Callable[["SRPriorConfig", bool], PriorKindConfig]] = {
 kind does not use (the start-of-training check and the CLI); loading itself is lenient."""
 
 
-def resolve_prior(config: "SRPriorConfig", strict: bool = False) -> PriorKindConfig:
-    """The one dispatch from the user's choice to a kind config (see :data:`PRIOR_KINDS`)."""
+def resolve_prior(config: "SRPriorConfig", strict: Union[bool, str] = False) -> PriorKindConfig:
+    """The one dispatch from the user's choice to a kind config (see :data:`PRIOR_KINDS`). ``strict`` refuses
+    unused options, naming them as ``ns-train`` options (True) or with another command's prefix (e.g. ``"--"``)."""
     try:
         make = PRIOR_KINDS[config.prior]
     except KeyError:
