@@ -71,7 +71,8 @@ def test_sigkill_in_the_middle_of_a_write_never_leaves_a_truncated_stage(tmp_pat
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from vsdsr_nerfstudio.pipeline.state import _atomic_write, stage_file_name, SR_STATE_DIR
+        from vsdsr_nerfstudio.data.files import atomic_write
+        from vsdsr_nerfstudio.pipeline.state import stage_file_name, SR_STATE_DIR
 
         def slow(handle):
             for _ in range(10_000):
