@@ -82,6 +82,9 @@ def test_sr_trainer_resolves_load_dir_before_nerfstudio_lists_it(tmp_path, monke
     def trainer(load_dir):
         instance = object.__new__(SRTrainer)  # no setup: only the checkpoint lookup is exercised
         instance.config = SimpleNamespace(load_dir=load_dir, load_step=None)
+        # what a set-up Trainer has; after a load SRTrainer re-points the optimizers (nothing to move here)
+        instance.optimizers = SimpleNamespace(optimizers={})
+        instance.pipeline = SimpleNamespace(get_param_groups=dict)
         return instance
 
     trainer(run)._load_checkpoint()
