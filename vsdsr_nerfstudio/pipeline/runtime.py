@@ -24,7 +24,8 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from vsdsr_nerfstudio.pipeline.state import save_json_atomic
+from vsdsr_nerfstudio.data.files import atomic_write_json
+from vsdsr_nerfstudio.pipeline.state import SR_STATE_DIR
 
 OOM_FIELDS = (
     "--pipeline.stage.batch-size, --pipeline.stage.patch-size, --pipeline.prior.vae-tile-size and "
@@ -179,7 +180,7 @@ class PhaseTimer:
         self.phases.append(entry)
         CONSOLE.print(f"I3DS phase {entry}")
         if run_dir is not None:
-            save_json_atomic(Path(run_dir) / "sr_state" / "phase_times.json", self.phases)
+            atomic_write_json(Path(run_dir) / SR_STATE_DIR / "phase_times.json", self.phases)
         return entry
 
 

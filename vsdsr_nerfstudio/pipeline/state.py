@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from vsdsr_nerfstudio.data.files import atomic_write, atomic_write_json
+from vsdsr_nerfstudio.data.files import atomic_write
 
 SR_STATE_DIR = "sr_state"
 LATEST = "LATEST"
@@ -51,11 +51,6 @@ def latest_stage_file(run_dir: Path) -> Optional[Path]:
             return candidate
     stages = sorted(folder.glob("stage_[0-9][0-9][0-9].pt"))
     return stages[-1] if stages else None
-
-
-def save_json_atomic(path: Path, payload: Any) -> None:
-    """Atomically write ``payload`` as JSON (e.g. the per-phase timings of a run)."""
-    atomic_write_json(path, payload)
 
 
 def load_stage_state(path: Path) -> Dict[str, Any]:
