@@ -43,6 +43,19 @@ def _options(scene: Path, output: Path) -> list:
     return options + (["--lpips-weights", str(LPIPS_WEIGHTS)] if LPIPS_WEIGHTS.is_file() else [])
 
 
+def _write_sfm_points(scene: Path) -> None:
+    from nerfstudio.data.utils.colmap_parsing_utils import Point3D, write_points3D_binary
+
+    xyz = np.random.default_rng(0).normal(size=(20, 3))
+    points = {
+        i + 1: Point3D(id=i + 1, xyz=xyz[i], rgb=np.full(3, 128), error=0.0, image_ids=np.array([1]),
+                       point2D_idxs=np.array([0]))
+        for i in range(len(xyz))
+    }  # fmt: skip
+    (scene / "sparse" / "0").mkdir(parents=True)
+    write_points3D_binary(points, scene / "sparse" / "0" / "points3D.bin")
+
+
 def _records(output: Path) -> dict:
     return {p.parent.name: p.stat().st_mtime_ns for p in (output / "runs").glob("*/compare_run.json")}
 
@@ -51,6 +64,7 @@ def _records(output: Path) -> dict:
 def comparison(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     scene = make_llff_scene(root / "scene", n_views=6, hr_size=(192, 96), factors=(4,), seed=3)
+    _write_sfm_points(scene)  # the 2D-SR scene must carry them (Gaussian backbones are seeded from them)
     output = root / "out"
     # One torch thread per process (the ns-train subprocesses inherit it): on a busy 2-core machine more threads
     # make every step several times slower (docs/evaluation.md).
@@ -147,6 +161,8 @@ def test_sr2d_scene_holds_prior_outputs_and_real_held_out_views(comparison):
     for index, path in enumerate(files):
         same = np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(real[index]).convert("RGB")))
         assert same == (index in HELD_OUT), f"view {index}: held-out views are copies, train views prior outputs"
+    points = Path("sparse", "0", "points3D.bin")
+    assert (derived / points).read_bytes() == (scene / points).read_bytes()  # the same SfM seeding as the others
 
 
 def test_second_invocation_reuses_runs_and_gives_identical_results(comparison, monkeypatch):

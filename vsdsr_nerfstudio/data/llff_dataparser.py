@@ -48,6 +48,8 @@ from vsdsr_nerfstudio.data.image_io import (
 
 POSES_BOUNDS = "poses_bounds.npy"
 """File name of the LLFF pose array."""
+SFM_FOLDER = "sparse"
+"""Folder of the scene's COLMAP model (``sparse/0``), whose points seed the Gaussian backbone."""
 SPLITS = ("train", "val", "test")
 """Splits the parser knows; "val" and "test" are the same held-out views."""
 
@@ -335,7 +337,7 @@ def load_sfm_points(data: Path, transform: Float[Tensor, "3 4"], scale: float) -
     """``{"points3D_xyz": (M, 3) float, "points3D_rgb": (M, 3) uint8}`` from ``data/sparse/0/points3D.bin`` (or
     ``.txt``), moved into the parser's normalised world (``scale * (transform @ [p, 1])``, what it applies to the
     camera centres); ``{}`` when there is no ``sparse/0``. LLFF's poses are in the COLMAP world of that model."""
-    folder = data / "sparse" / "0"
+    folder = data / SFM_FOLDER / "0"
     candidates = [folder / "points3D.bin", folder / "points3D.txt"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:

@@ -39,10 +39,12 @@ from vsdsr_nerfstudio.tools.compare_runs import (
     load_run_config,
     parse_method_spec,
     parser_args,
+    planned_config,
     read_methods_file,
     same_time_steps,
     train_args,
 )
+from vsdsr_nerfstudio.tools.compare_schedule import Job, Slot, run_jobs, slots_for, subprocess_env
 from vsdsr_nerfstudio.tools.compare_sr2d import PRIOR_SCALE, SR2DSettings
 
 ORACLE = "bicubic-oracle"
@@ -96,6 +98,10 @@ class CompareConfig:
     """Side of a crop in HR pixels (shown at 1:1); capped at the HR image's smaller side."""
     rescore: bool = False
     """Render and score every run again even when its scores are saved and its checkpoint has not changed."""
+    gpus: Tuple[int, ...] = ()
+    """GPUs to spread the runs over (CUDA indices, e.g. ``--gpus 0 1``): one run per GPU at a time, each ns-train
+    seeing only its GPU; the same-time baseline waits for the runs it is timed on. Empty: one run at a time on
+    nerfstudio's default device."""
 
 
 def method_specs(cfg: CompareConfig) -> List[MethodSpec]:
@@ -120,6 +126,15 @@ def _check_config(cfg: CompareConfig) -> None:
         )
     if cfg.crops < 1 or cfg.crop_size < 8:
         raise CompareError(f"--crops ({cfg.crops}) must be >= 1 and --crop-size ({cfg.crop_size}) >= 8.")
+    if cfg.gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        if len(set(cfg.gpus)) != len(cfg.gpus) or min(cfg.gpus) < 0 or max(cfg.gpus) >= count:
+            raise CompareError(
+                f"--gpus {' '.join(map(str, cfg.gpus))}: this machine has {count} CUDA device(s) (indices 0.."
+                f"{count - 1}); name each at most once, or leave --gpus out to train one run at a time."
+            )
 
 
 class Comparison:
@@ -152,43 +167,62 @@ class Comparison:
         )
         return RunPlan(name=name, kind=kind, method=spec.method, data=data, args=args)  # type: ignore[arg-type]
 
-    def run(self, plan: RunPlan, task: Any) -> RunResult:
-        """Train (or reuse) one run and advance the progress bar."""
+    def run(self, plan: RunPlan, task: Any, slot: Slot) -> RunResult:
+        """Train (or reuse) one run on ``slot`` and advance the progress bar."""
         self.progress.update(task, description=f"runs: {plan.name}")
-        result = execute_run(self.runs_dir, plan)
-        self.results.append(result)
+        result = execute_run(self.runs_dir, plan, subprocess_env(slot), slot.describe() if self.cfg.gpus else "")
         self.progress.advance(task)
         return result
 
     def train_all(self, specs: List[MethodSpec]) -> None:
-        """The methods, then the trained baselines of the first one."""
+        """The methods and the trained baselines of the first one, on ``--gpus`` (see ``compare_schedule``).
+
+        Priority (list order of the jobs): the reference method, the same-steps baseline, the same-time baseline
+        (which waits for both), the other methods, the 2D-SR baseline. Table order: methods, then baselines."""
         cfg = self.cfg
         do_sr2d = cfg.sr2d and self._sr2d_possible()
         total = len(specs) + int(cfg.nosr_same_steps or cfg.nosr_same_time) + int(cfg.nosr_same_time) + int(do_sr2d)
         task = self.progress.add_task("runs", total=total)
-        for spec in specs:
-            self.run(self.plan(spec.name, "method", spec, []), task)
-        ref_spec, ref = specs[0], self.results[0]
-        steps = int(load_run_config(ref.run_dir).max_num_iterations)
+        plans = [self.plan(spec.name, "method", spec, []) for spec in specs]
+        ref_spec, ref_plan = specs[0], plans[0]
+        ref_config = planned_config(ref_plan)
+        steps = int(ref_config.max_num_iterations)
         no_sr = ["--pipeline.sr-enabled", "False"]
+
+        def train(plan: RunPlan) -> Job[RunResult]:
+            return Job(plan.name, lambda slot, _done: self.run(plan, task, slot))
+
+        jobs: List[Job[RunResult]] = [train(ref_plan)]
+        same_name = f"{ref_spec.name}-nosr-same-steps"
         if cfg.nosr_same_steps or cfg.nosr_same_time:
-            plan = self.plan(f"{ref_spec.name}-nosr-same-steps", "nosr-steps", ref_spec, [*no_sr, *_iters(steps)])
-            same = self.run(plan, task)
-            if cfg.nosr_same_time:
-                time_steps = same_time_steps(same, ref)
-                CONSOLE.log(f"Same wall time as {ref.plan.name}: {time_steps} NeRF steps without SR.")
-                plan = self.plan(
-                    f"{ref_spec.name}-nosr-same-time", "nosr-time", ref_spec, [*no_sr, *_iters(time_steps)]
-                )
-                self.run(plan, task)
-            if not cfg.nosr_same_steps:
-                self.results = [r for r in self.results if r.plan.kind != "nosr-steps"]
+            jobs.append(train(self.plan(same_name, "nosr-steps", ref_spec, [*no_sr, *_iters(steps)])))
+        if cfg.nosr_same_time:
+            time_name = f"{ref_spec.name}-nosr-same-time"
+
+            def same_time(slot: Slot, done: Dict[str, RunResult]) -> RunResult:
+                time_steps = same_time_steps(done[same_name], done[ref_plan.name])
+                CONSOLE.log(f"Same wall time as {ref_plan.name}: {time_steps} NeRF steps without SR.")
+                plan = self.plan(time_name, "nosr-time", ref_spec, [*no_sr, *_iters(time_steps)])
+                return self.run(plan, task, slot)
+
+            jobs.append(Job(time_name, same_time, needs=(ref_plan.name, same_name)))
+        jobs += [train(plan) for plan in plans[1:]]
         if do_sr2d:
-            scene = self._sr2d_scene(ref)
-            hr_factor = cfg.downscale_factor // cfg.sr_scale
-            parser = parser_args(hr_factor, 1, cfg.llffhold)
-            enforced = [*no_sr, "--pipeline.datamanager.sr-scale", "1", *_iters(steps)]
-            self.run(self.plan(f"{ref_spec.name}-2dsr", "sr2d", ref_spec, enforced, scene, parser), task)
+
+            def sr2d(slot: Slot, _done: Dict[str, RunResult]) -> RunResult:
+                scene = self._sr2d_scene(ref_config, slot)
+                parser = parser_args(cfg.downscale_factor // cfg.sr_scale, 1, cfg.llffhold)
+                enforced = [*no_sr, "--pipeline.datamanager.sr-scale", "1", *_iters(steps)]
+                plan = self.plan(f"{ref_spec.name}-2dsr", "sr2d", ref_spec, enforced, scene, parser)
+                return self.run(plan, task, slot)
+
+            jobs.append(Job(f"{ref_spec.name}-2dsr", sr2d))
+        results = run_jobs(jobs, slots_for(cfg.gpus))
+        methods = [plan.name for plan in plans]
+        self.results = [results[name] for name in methods]  # table order: the methods, then the baselines
+        self.results += [results[job.name] for job in jobs if job.name not in methods]
+        if not cfg.nosr_same_steps:
+            self.results = [r for r in self.results if r.plan.kind != "nosr-steps"]
 
     def _sr2d_possible(self) -> bool:
         if self.cfg.sr_scale != PRIOR_SCALE:
@@ -196,12 +230,12 @@ class Comparison:
             return False
         return True
 
-    def _sr2d_scene(self, ref: RunResult) -> Path:
+    def _sr2d_scene(self, ref_config: Any, slot: Slot) -> Path:
         from vsdsr_nerfstudio.tools.compare_score import load_held_out, train_views
         from vsdsr_nerfstudio.tools.compare_sr2d import build_sr2d_scene
 
         cfg = self.cfg
-        pipeline = load_run_config(ref.run_dir).pipeline
+        pipeline = ref_config.pipeline
         prior = copy.deepcopy(pipeline.prior)
         prior.prompt = prior.scene_prompt(getattr(pipeline, "scene_prompt", None) or self.data.name)
         train = train_views(self.data, cfg.downscale_factor, cfg.llffhold)
@@ -215,7 +249,7 @@ class Comparison:
             cfg.downscale_factor // cfg.sr_scale,
             prior,
             cfg.sr2d_sampling,
-            cfg.device,
+            slot.torch_device(cfg.device),
             on_view=lambda: self.progress.advance(task),
         )
 

@@ -192,8 +192,15 @@ def finished_run(output_runs: Path, plan: RunPlan) -> Optional[RunResult]:
     return RunResult(plan=plan, run_dir=run_dir, wall_s=float(record["wall_s"]), reused=True)
 
 
-def execute_run(output_runs: Path, plan: RunPlan) -> RunResult:
-    """Reuse the finished run of ``plan`` or train it now (from scratch; see the module docstring)."""
+def execute_run(output_runs: Path, plan: RunPlan, env: Optional[Dict[str, str]] = None, where: str = "") -> RunResult:
+    """Reuse the finished run of ``plan`` or train it now (from scratch; see the module docstring).
+
+    Args:
+        output_runs: the comparison's ``runs/`` folder.
+        plan: the run.
+        env: environment of the ``ns-train`` subprocess (default: this process', e.g. with one GPU visible).
+        where: where it trains, for the log line (e.g. ``GPU 1``).
+    """
     done = finished_run(output_runs, plan)
     if done is not None:
         CONSOLE.log(f"Reusing finished run {plan.name} ({done.run_dir}): not retrained.")
@@ -205,8 +212,9 @@ def execute_run(output_runs: Path, plan: RunPlan) -> RunResult:
     record = {"status": "running", "method": plan.method, "args": plan.args, "command": plan.command()}
     _write_record(_record_path(output_runs, plan.name), record)
     log_path = folder / "train.log"
-    CONSOLE.log(f"Training {plan.name}: {shlex.join(plan.command()[1:])}  (log: {log_path})")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
+    on = f" on {where}" if where else ""
+    CONSOLE.log(f"Training {plan.name}{on}: {shlex.join(plan.command()[1:])}  (log: {log_path})")
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", COLUMNS="160")
     start = time.perf_counter()
     with log_path.open("w") as log:
         result = subprocess.run(plan.command(), stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
@@ -221,6 +229,22 @@ def execute_run(output_runs: Path, plan: RunPlan) -> RunResult:
     record.update(status="done", wall_s=round(wall_s, 3), run_dir=str(run_dir))
     _write_record(_record_path(output_runs, plan.name), record)
     return RunResult(plan=plan, run_dir=run_dir, wall_s=wall_s, reused=False)
+
+
+def planned_config(plan: RunPlan) -> Any:
+    """The ``TrainerConfig`` that ``ns-train`` builds from ``plan``'s command line, parsed the way ``ns-train`` parses
+    it (nothing is trained). Lets the baselines be planned before the reference run has finished, and catches bad
+    ``--methods`` options before any training starts."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    try:
+        return tyro.cli(AnnotatedBaseConfigUnion, args=[plan.method, *plan.args])
+    except SystemExit as err:  # tyro printed what is wrong with the arguments
+        raise CompareError(
+            f"ns-train does not accept the options of run {plan.name} (method {plan.method!r}): see the message "
+            "above. Check the method name (ns-train --help) and its options (ns-train METHOD --help)."
+        ) from err
 
 
 def load_run_config(run_dir: Path) -> Any:

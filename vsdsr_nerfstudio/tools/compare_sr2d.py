@@ -1,7 +1,8 @@
 """The "2D SR then NeRF" baseline's scene: every LR training view upscaled once by the diffusion prior, written into
 a derived LLFF scene that a NeRF then trains on at HR without SR (the naive pipeline 3DSR and DiSR compare against).
 
-The derived folder ``OUTPUT/sr2d_scene/`` holds a copy of ``poses_bounds.npy`` and one image folder,
+The derived folder ``OUTPUT/sr2d_scene/`` holds a copy of ``poses_bounds.npy`` (and of ``sparse/`` when the scene has
+SfM points, which seed the Gaussian backbone as in the other runs) and one image folder,
 ``images_{downscale_factor // sr_scale}/`` (the HR size): the training views are the prior's x4 outputs, the
 held-out views are copies of the real HR images (never trained on: ``llff-data`` holds them out the same way; the
 scores are taken against the original scene's files anyway). Train on it with ``llff-data --downscale-factor
@@ -25,7 +26,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from vsdsr_nerfstudio.data.files import atomic_write_json
 from vsdsr_nerfstudio.data.image_io import folder_name
-from vsdsr_nerfstudio.data.llff_dataparser import POSES_BOUNDS
+from vsdsr_nerfstudio.data.llff_dataparser import POSES_BOUNDS, SFM_FOLDER
 from vsdsr_nerfstudio.tools.upscale import resolve_device
 
 MANIFEST = "compare_sr2d.json"
@@ -78,8 +79,10 @@ def build_sr2d_scene(
     """
     from vsdsr_nerfstudio.data.images import load_rgb_uint8, save_rgb
 
+    sfm = source / SFM_FOLDER
     manifest = {
         "source": str(source.resolve()),
+        "sfm_points": sfm.is_dir(),
         "prior": {k: str(v) for k, v in vars(prior_config).items() if not k.startswith("_")},
         "settings": asdict(settings),
         "views": sorted(int(i) for i in train_files),
@@ -93,6 +96,8 @@ def build_sr2d_scene(
     images = target / folder_name(hr_factor)
     images.mkdir(parents=True)
     shutil.copy2(source / POSES_BOUNDS, target / POSES_BOUNDS)
+    if sfm.is_dir():  # the same SfM points as the scene: Gaussian backbones are seeded from them as in the other runs
+        shutil.copytree(sfm, target / SFM_FOLDER)
     for index, path in held_out_hr.items():
         save_rgb(load_rgb_uint8(path).float() / 255.0, images / f"view_{index:04d}.png")
     upscale = _upscaler(prior_config, settings, resolve_device(device))
