@@ -184,7 +184,9 @@ class VsdSrSplatModel(OfflineEvalMixin, SplatfactoModel):
         if "filter_3d_variance" in dict:
             # on the model's device: ns-eval / ns-render load checkpoints with map_location="cpu"
             self.filter_3d_variance = torch.zeros_like(dict["filter_3d_variance"], device=self.device)
-        return super().load_state_dict(dict, **kwargs)
+        result = super().load_state_dict(dict, **kwargs)
+        CONSOLE.log(f"Gaussians loaded from the checkpoint: {self.num_points}.")
+        return result
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
