@@ -14,13 +14,13 @@ set -uo pipefail
 phase=${1:?start or wait}; limit=${2:-570}
 t0=$(date +%s); work=/tmp/cmp
 if [ "$phase" = start ]; then
-  . bench/gpu_setup.sh || exit 1
+  if [ -d /tmp/site/nerfstudio ]; then export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1; else . bench/gpu_setup.sh || exit 1; fi
   python3 bench/fern_compare_data.py hr .gpudata/fern_cmp /tmp/fern_cmp || exit 1
   mkdir -p "$work" && cp .gpudata/metrics/lpips_alex_features.npz "$work/"
   cd /tmp
   setsid nohup python3 -m vsdsr_nerfstudio.tools.compare --data /tmp/fern_cmp --output "$work/out" \
     --methods vsd-sr-splat-embedded vsd-sr-embedded --gpus 0 1 --lpips-weights "$work/lpips_alex_features.npz" \
-    --common-args "--vis tensorboard --steps-per-eval-image 1000000 --steps-per-eval-all-images 1000000" \
+    --common-args="--vis tensorboard --steps-per-eval-image 1000000 --steps-per-eval-all-images 1000000" \
     > "$work/compare.log" 2>&1 < /dev/null &
   echo $! > "$work/pid"
   echo "vsdsr-compare started (pid $(cat $work/pid)) after $(( $(date +%s) - t0 )) s of setup"
