@@ -181,6 +181,7 @@ def test_gpu_out_of_memory_in_a_stage_names_the_fields_to_lower():
         _show=lambda *args, **kwargs: None,
         _load_prior=lambda: None,
         render_train_views_hr=lambda: torch.zeros(2, 3, 16, 16),
+        _record_sync_fit=lambda *args: None,
     )
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
@@ -316,3 +317,36 @@ def test_forced_stages_are_counted_apart_and_old_checkpoints_still_resume():
     old.stage_steps = [20, 30]
     old.restore(old.cycles_done, old.last_stage_step)
     assert old.scheduled_done == 1 and old.next_due(31) == 30 and old.next_due(29) is None
+
+
+def test_sync_fit_psnr_per_view_and_recorded_on_the_sync_phase(tmp_path):
+    """The sync fit (PSNR of a stage's renders against the views the previous stage wrote) is exact per view and is
+    added to the sync phase that just ended in phase_times.json."""
+    import json
+
+    import torch
+
+    from vsdsr_nerfstudio.pipeline.runtime import PhaseTimer, fit_psnr
+    from vsdsr_nerfstudio.pipeline.state import SR_STATE_DIR
+
+    renders = torch.zeros(3, 3, 4, 5)
+    targets = [torch.full((4, 5, 3), 0.1), torch.full((4, 5, 3), 0.01), torch.zeros(4, 5, 3)]
+    targets[2][0, 0, 0] = 1.0  # one wrong channel of one pixel: MSE 1/60
+    values = fit_psnr(renders, lambda i: targets[i])
+    expected = torch.tensor([20.0, 40.0, 10 * torch.log10(torch.tensor(60.0)).item()])
+    assert torch.allclose(values, expected, atol=1e-4)
+
+    timer = PhaseTimer()
+    timer.annotate_last("fit_psnr", 1.0, tmp_path)  # nothing ended yet: nothing to annotate, nothing written
+    assert timer.phases == [] and not (tmp_path / SR_STATE_DIR).exists()
+    timer.end(10, tmp_path)
+    timer.start("upscale 1", 10)
+    timer.end(10, tmp_path)
+    timer.start("sync 1", 10)
+    timer.end(20, tmp_path)
+    timer.start("upscale 2", 20)
+    timer.annotate_last("fit_psnr", round(float(values.mean()), 3), tmp_path)
+    saved = json.loads((tmp_path / SR_STATE_DIR / "phase_times.json").read_text())
+    assert [p["phase"] for p in saved] == ["pretrain", "upscale 1", "sync 1"]
+    assert saved[2]["fit_psnr"] == pytest.approx(float(values.mean()), abs=1e-3)
+    assert "fit_psnr" not in saved[0] and "fit_psnr" not in saved[1]

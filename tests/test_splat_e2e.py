@@ -46,8 +46,11 @@ def test_two_cycles_across_a_resume(runs):
     two = torch.load(runs["b"] / "sr_state" / "stage_002.pt", weights_only=True)
     assert tuple(two["hr_images"].shape) == (N_TRAIN, *HR_HW, 3)
     assert not torch.equal(one["hr_images"], two["hr_images"])
-    phases = [p["phase"] for p in json.loads((runs["b"] / "sr_state" / "phase_times.json").read_text())]
-    assert phases == ["sync 1", "upscale 2", "sync 2"]
+    records = json.loads((runs["b"] / "sr_state" / "phase_times.json").read_text())
+    assert [p["phase"] for p in records] == ["sync 1", "upscale 2", "sync 2"]
+    # the sync fit: measured at stage 2's start for sync 1 (the final sync is not measured)
+    assert 5.0 < records[0]["fit_psnr"] < 60.0 and "fit_psnr" not in records[2]
+    assert "Sync before stage 2: renders vs the views it trained on, PSNR" in runs["log_b"]
     ckpt = sorted((runs["b"] / "nerfstudio_models").glob("*.ckpt"))[-1]
     state = torch.load(ckpt, map_location="cpu")
     assert state["pipeline"]["_extra_state"]["cycles_done"] == 2

@@ -137,6 +137,12 @@ class HRBufferMixin:
             return bicubic_upsample_hwc(self._lr_images, self.config.sr_scale)
         return _to_float(self._hr).cpu()
 
+    def hr_view(self, index: int) -> Float[Tensor, "H W 3"]:
+        """One HR training image as float in [0, 1] (CPU): the view the last stage wrote (bicubic before any)."""
+        if self._hr is None:
+            return bicubic_upsample_hwc(self._lr_images[index : index + 1], self.config.sr_scale)[0]
+        return _to_float(self._hr[index]).cpu()
+
     # ------------------------------------------------------------------------------------------- writes
     def _choose_buffer_device(self, num_bytes: int) -> torch.device:
         device = torch.device(self.device)

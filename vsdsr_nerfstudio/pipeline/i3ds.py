@@ -56,6 +56,7 @@ from vsdsr_nerfstudio.pipeline.runtime import (
     SRModels,
     SRSchedule,
     cudnn_benchmark_off,
+    fit_psnr,
     oom_advice,
     timed,
 )
@@ -442,6 +443,7 @@ class I3DSPipeline(VanillaPipeline):
             self._show(f"{phase}: rendering")
             with timed(timings, "render"):
                 renders = self.render_train_views_hr()
+            self._record_sync_fit(cycle, step, renders)
             with timed(timings, "encode"):
                 stage = self.sr_models.stage
                 c2w = self.datamanager.hr_cameras().camera_to_worlds
@@ -512,6 +514,21 @@ class I3DSPipeline(VanillaPipeline):
             "rng": _get_rng_state(),
         }
         self.sr_schedule.stage_file = str(save_stage_state(run_dir, cycle, state))
+
+    def _record_sync_fit(self, cycle: int, step: int, renders: Float[Tensor, "N 3 H W"]) -> None:
+        """How much of the views the last stage wrote the sync fitted: PSNR of this stage's renders against them,
+        added as ``fit_psnr`` to the sync phase that just ended (``phase_times.json``), logged and sent to the
+        writer. From the second stage on (the first has no rewritten views; the final sync is not measured)."""
+        if not self.datamanager.is_hr:
+            return
+        per_view = fit_psnr(renders, self.datamanager.hr_view)
+        mean = float(per_view.mean())
+        self.sr_phases.annotate_last("fit_psnr", round(mean, 3), self._run_dir())
+        writer.put_scalar(name="SR stage/sync fit PSNR (dB)", scalar=mean, step=step)
+        CONSOLE.print(
+            f"Sync before stage {cycle}: renders vs the views it trained on, PSNR {mean:.2f} dB "
+            f"(views {float(per_view.min()):.2f} to {float(per_view.max()):.2f})"
+        )
 
     def _log_stage(self, cycle: int, step: int, renders: Tensor, images: Tensor, timings: Dict[str, float]) -> None:
         total = sum(timings.values())

@@ -19,10 +19,12 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
+from jaxtyping import Float
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from vsdsr_nerfstudio.data.files import atomic_write_json
 from vsdsr_nerfstudio.pipeline.state import SR_STATE_DIR
@@ -179,9 +181,29 @@ class PhaseTimer:
             entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         self.phases.append(entry)
         CONSOLE.print(f"I3DS phase {entry}")
+        self._write(run_dir)
+        return entry
+
+    def annotate_last(self, key: str, value: Any, run_dir: Optional[Path]) -> None:
+        """Add ``key: value`` to the last phase that ended (e.g. the sync fit measured at the next stage's start)
+        and rewrite ``phase_times.json``."""
+        if not self.phases:
+            return
+        self.phases[-1][key] = value
+        self._write(run_dir)
+
+    def _write(self, run_dir: Optional[Path]) -> None:
         if run_dir is not None:
             atomic_write_json(Path(run_dir) / SR_STATE_DIR / "phase_times.json", self.phases)
-        return entry
+
+
+def fit_psnr(renders: Float[Tensor, "N 3 H W"], view: Callable[[int], Float[Tensor, "H W 3"]]) -> Float[Tensor, " N"]:
+    """PSNR (dB) of each render against the training view it was rendered for (``view(i)``, HWC in [0, 1]): how
+    closely the NeRF fits the images it was synchronised on. One view at a time (the HR buffer stays in its dtype)."""
+    from vsdsr_nerfstudio.metrics.psnr import psnr
+
+    values = [psnr(renders[i].float().cpu(), view(i).permute(2, 0, 1).float().cpu()) for i in range(renders.shape[0])]
+    return torch.stack(values)
 
 
 @contextlib.contextmanager
