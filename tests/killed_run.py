@@ -50,6 +50,13 @@ def find_run_dir(output_dir: Path, method: str) -> Optional[Path]:
     return runs[-1].parent if runs else None
 
 
+def run_dir_of(output_dir: Path, method: str) -> Path:
+    """The newest run folder of ``method`` under ``output_dir``; fails the test when there is none."""
+    run = find_run_dir(output_dir, method)
+    assert run is not None, f"no {method} run under {output_dir}"
+    return run
+
+
 def phase_times(run_dir: Optional[Path]) -> List[Dict[str, Any]]:
     """The phases that ended ({phase, seconds, nerf_steps, ...}), from ``<run>/sr_state/phase_times.json`` ([]
     before the first one, or without a run folder yet)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from killed_run import run_dir_of
 from PIL import Image
 from synthetic_llff import make_llff_scene
 
@@ -34,12 +35,6 @@ def _run(args, cwd: Path, timeout: int = 900) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{output[-6000:]}"
     return output
-
-
-def _run_dir(output_dir: Path) -> Path:
-    runs = sorted(output_dir.glob("*/vsd-sr-tiny/*/config.yml"))
-    assert runs, f"no run under {output_dir}"
-    return runs[-1].parent
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def runs(tmp_path_factory):
         ],
         cwd=root,
     )
-    run_a = _run_dir(root / "a")
+    run_a = run_dir_of(root / "a", "vsd-sr-tiny")
     log_b = _run(
         [
             "ns-train",
@@ -82,7 +77,7 @@ def runs(tmp_path_factory):
         ],
         cwd=root,
     )
-    run_b = _run_dir(root / "b")
+    run_b = run_dir_of(root / "b", "vsd-sr-tiny")
     return {"root": root, "scene": scene, "a": run_a, "b": run_b, "log_a": log_a, "log_b": log_b}
 
 

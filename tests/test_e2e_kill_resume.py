@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from killed_run import find_run_dir, flat, launcher, phase_times, phases_done, run_until_killed
+from killed_run import find_run_dir, flat, launcher, phase_times, phases_done, run_dir_of, run_until_killed
 from synthetic_llff import make_llff_scene
 from test_e2e_cli import _run
 
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 
 PARSER = ["llff-data", "--downscale-factor", "4", "--sr-scale", "4", "--llffhold", "5"]
 STAGE_2_STARTED = "'phase': 'sync 1'"  # printed by PhaseTimer.end when upscaling stage 2 begins
-
-
-def _run_dir(output_dir: Path, method: str) -> Path:
-    run = find_run_dir(output_dir, method)
-    assert run is not None, f"no {method} run under {output_dir}"
-    return run
 
 
 def _kill_inside_stage_2(tmp_path: Path, method: str, scene: Path) -> Path:
@@ -48,7 +42,7 @@ def _kill_inside_stage_2(tmp_path: Path, method: str, scene: Path) -> Path:
     assert killed.killed, f"the run never reached stage 2:\n{killed.log[-4000:]}"
     assert killed.returncode == -signal.SIGKILL
     assert STAGE_2_STARTED in killed.log and "Upscaling stage 2 done" not in killed.log
-    run_c = _run_dir(tmp_path / "c", method)
+    run_c = run_dir_of(tmp_path / "c", method)
     state_c = run_c / "sr_state"
     assert sorted(p.name for p in state_c.glob("stage_*.pt")) == ["stage_001.pt"], "stage 2 must not have landed"
     assert (state_c / "LATEST").read_text() == "stage_001.pt"
@@ -66,7 +60,7 @@ def test_kill_mid_stage_then_resume_redoes_only_that_stage(tmp_path):
     assert "Resumed SR state" in log_d and "1 upscaling stage(s) done" in log_d
     assert "Upscaling stage 2 done" in log_d
     assert "Upscaling stage 1 done" not in log_d, "stage 1 was redone after the kill"
-    names = sorted(p.name for p in (_run_dir(tmp_path / "d", "vsd-sr-tiny") / "sr_state").glob("stage_*.pt"))
+    names = sorted(p.name for p in (run_dir_of(tmp_path / "d", "vsd-sr-tiny") / "sr_state").glob("stage_*.pt"))
     assert names == ["stage_001.pt", "stage_002.pt"]
 
 
@@ -90,7 +84,7 @@ def test_gaussians_kill_mid_stage_then_resume_redoes_only_that_stage(tmp_path):
     resume += ["--load-dir", str(run_c / "nerfstudio_models"), "--max-num-iterations", "19"]
     resume += ["--pipeline.upscale-steps", "3", *PARSER]
     log_d = flat(_run(resume, tmp_path))
-    run_d = _run_dir(tmp_path / "d", method)
+    run_d = run_dir_of(tmp_path / "d", method)
 
     loaded = [int(n) for n in re.findall(r"Gaussians loaded from the checkpoint: (\d+)", log_d)]
     assert loaded == [saved_count], f"loaded {loaded} Gaussians, the step-20 checkpoint holds {saved_count}"

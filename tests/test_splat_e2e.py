@@ -5,22 +5,16 @@ Same scene and checks as tests/test_e2e_cli.py (the Nerfacto run), through the f
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from killed_run import run_dir_of
 from PIL import Image
 from synthetic_llff import make_llff_scene
 from test_e2e_cli import HR_HW, LPIPS_WEIGHTS, N_TRAIN, _run
 
 pytestmark = pytest.mark.slow
-
-
-def _run_dir(output_dir: Path) -> Path:
-    runs = sorted(output_dir.glob("*/vsd-sr-splat-tiny/*/config.yml"))
-    assert runs, f"no run under {output_dir}"
-    return runs[-1].parent
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +25,10 @@ def runs(tmp_path_factory):
     parser = ["llff-data", "--downscale-factor", "4", "--sr-scale", "4", "--llffhold", str(N_TRAIN + 1)]
     train = ["ns-train", "vsd-sr-splat-tiny", "--data", str(scene)]
     log_a = _run([*train, "--output-dir", str(root / "a"), "--max-num-iterations", "30", *common, *parser], root)
-    run_a = _run_dir(root / "a")
+    run_a = run_dir_of(root / "a", "vsd-sr-splat-tiny")
     resume = ["--load-dir", str(run_a / "nerfstudio_models"), "--max-num-iterations", "10"]
     log_b = _run([*train, "--output-dir", str(root / "b"), *resume, *common, *parser], root)
-    return {"root": root, "a": run_a, "b": _run_dir(root / "b"), "log_a": log_a, "log_b": log_b}
+    return {"root": root, "a": run_a, "b": run_dir_of(root / "b", "vsd-sr-splat-tiny"), "log_a": log_a, "log_b": log_b}
 
 
 def test_two_cycles_across_a_resume(runs):
